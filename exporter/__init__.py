@@ -1,0 +1,3 @@
+"""docspace-backup-exporter: Prometheus exporter for ONLYOFFICE DocSpace backups."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""`python -m exporter` entry point."""
+
+from exporter.cli import main
+
+raise SystemExit(main())
