@@ -1,0 +1,368 @@
+"""One DocSpace client per portal: session, auth, deadlines, error translation; no Prometheus."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from exporter import __version__
+from exporter.config import ApiKeyAuth, PasswordAuth, PortalConfig, TokenAuth
+from exporter.model import (
+    History,
+    ParseError,
+    Schedule,
+    Task,
+    decode_envelope,
+    parse_history,
+    parse_login,
+    parse_schedule,
+    parse_task,
+)
+
+log = logging.getLogger(__name__)
+
+API = "/api/2.0"
+ENDPOINT_PATHS = {
+    "schedule": "/backup/getbackupschedule",
+    "backup_progress": "/backup/getbackupprogress",
+    "restore_progress": "/backup/getrestoreprogress",
+    "history": "/backup/getbackuphistory",
+}
+REASONS = (
+    "timeout", "connection", "tls", "unauthorized", "forbidden", "payment_required",
+    "not_found", "rate_limited", "http_error", "invalid_response",
+)
+STATUS_REASONS = {401: "unauthorized", 402: "payment_required", 403: "forbidden",
+                  404: "not_found", 429: "rate_limited"}
+# A login that failed is not retried for this long, so a wrong password does not
+# turn every scrape into a login attempt (DocSpace locks accounts on brute force).
+LOGIN_BACKOFF_START = 5.0
+LOGIN_BACKOFF_MAX = 300.0
+# Renew a login token this long before DocSpace says it expires (clock skew).
+TOKEN_RENEW_MARGIN = 60.0
+# Longest Retry-After we will wait inside one scrape; beyond it the call fails as
+# rate_limited and the next scrape tries again.
+MAX_RETRY_AFTER = 5.0
+CHUNK = 64 * 1024
+
+
+class FetchError(Exception):
+    """A failed call. `reason` is the contract's label value; the message is safe to log."""
+
+    def __init__(self, reason: str, message: str, *, retry_after: float | None = None,
+                 endpoint: str | None = None) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown reason {reason!r}")
+        self.reason = reason
+        self.retry_after = retry_after
+        # Set to "login" when the call failed because logging in failed.
+        self.endpoint = endpoint
+        super().__init__(message)
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _classify_exception(exc: BaseException) -> FetchError:
+    """requests/urllib3 exceptions -> FetchError with the contract's reason."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return FetchError("tls", "TLS handshake or certificate verification failed")
+    if isinstance(exc, (requests.exceptions.Timeout,)):
+        return FetchError("timeout", "no answer before the deadline")
+    text = str(exc)
+    if isinstance(exc, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in text:
+        return FetchError("tls", "TLS handshake or certificate verification failed")
+    if "timed out" in text.lower():
+        return FetchError("timeout", "no answer before the deadline")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        if "Name or service not known" in text or "NameResolutionError" in text or (
+            "getaddrinfo" in text
+        ):
+            return FetchError("connection", "host name does not resolve")
+        if "refused" in text.lower():
+            return FetchError("connection", "connection refused")
+        return FetchError("connection", "connection failed")
+    return FetchError("connection", f"request failed ({type(exc).__name__})")
+
+
+class DocSpaceClient:
+    """Talks to one portal. Thread-safe: the collector calls its endpoints concurrently."""
+
+    def __init__(
+        self,
+        portal: PortalConfig,
+        *,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        host_limit: threading.BoundedSemaphore | None = None,
+        pool_size: int = 4,
+    ) -> None:
+        self.portal = portal
+        self._clock = clock
+        self._timer = timer
+        self._sleep = sleep
+        self._host_limit = host_limit
+        self._session = session or self._new_session(portal, pool_size)
+        self._login_lock = threading.Lock()
+        self._token: str | None = None
+        self._token_expires: float | None = None  # Unix seconds; None = no expiry
+        self._login_failures = 0
+        self._login_blocked_until = 0.0  # timer() value
+        self._login_error: FetchError | None = None
+
+    def __repr__(self) -> str:
+        return f"DocSpaceClient(portal={self.portal.name!r}, url={self.portal.url!r})"
+
+    @staticmethod
+    def _new_session(portal: PortalConfig, pool_size: int) -> requests.Session:
+        s = requests.Session()
+        # Environment proxies are honoured, but netrc is not: with trust_env requests
+        # would put ~/.netrc credentials in place of our Authorization header.
+        proxies = requests.utils.get_environ_proxies(portal.url)
+        s.trust_env = False
+        s.proxies.update(proxies)
+        # No automatic retries: one call per endpoint per scrape. A retry would hide a
+        # flaky portal and double its load; the next scrape is the retry.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        s.mount("http://", adapter)
+        s.mount("https://", adapter)
+        if portal.insecure_skip_verify:
+            s.verify = False
+        elif portal.ca_file:
+            s.verify = portal.ca_file
+        s.headers.update({
+            "User-Agent": f"docspace-backup-exporter/{__version__}",
+            "Accept": "application/json",
+            "Accept-Encoding": "gzip, deflate",
+        })
+        return s
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- auth -------------------------------------------------------------------------
+
+    def needs_login(self) -> bool:
+        """True when the next call needs a login first (password auth, no valid token)."""
+        if not isinstance(self.portal.auth, PasswordAuth):
+            return False
+        with self._login_lock:
+            return not self._token_valid()
+
+    def _token_valid(self) -> bool:
+        if self._token is None:
+            return False
+        if self._token_expires is None:
+            return True
+        return self._clock() < self._token_expires - TOKEN_RENEW_MARGIN
+
+    def _auth_header(self) -> str | None:
+        auth = self.portal.auth
+        if isinstance(auth, ApiKeyAuth):
+            return "Bearer " + auth.key.reveal()
+        if isinstance(auth, TokenAuth):
+            return auth.token.reveal()
+        with self._login_lock:
+            return self._token
+
+    def login(self, deadline: float, *, force: bool = False, stale: str | None = None) -> None:
+        """Make sure a valid login token is cached. Raises FetchError(endpoint login).
+
+        `stale` is the token a 401 was seen with; when another thread already replaced
+        it, there is nothing to do.
+        """
+        auth = self.portal.auth
+        if not isinstance(auth, PasswordAuth):
+            return
+        with self._login_lock:
+            if stale is not None and self._token is not None and self._token != stale:
+                return
+            if not force and self._token_valid():
+                return
+            if self._timer() < self._login_blocked_until and self._login_error is not None:
+                raise FetchError(self._login_error.reason,
+                                 f"{self._login_error} (login backing off)", endpoint="login")
+            self._token = None
+            body = {"userName": auth.username, "password": auth.password.reveal(),
+                    "session": False}
+            try:
+                present, resp = self._call("POST", API + "/authentication", deadline,
+                                           json_body=body, auth_header=None)
+                token, expires = parse_login(present, resp)
+            except FetchError as exc:
+                exc.endpoint = "login"
+                self._login_failures += 1
+                backoff = min(LOGIN_BACKOFF_MAX,
+                              LOGIN_BACKOFF_START * 2 ** (self._login_failures - 1))
+                self._login_blocked_until = self._timer() + backoff
+                self._login_error = exc
+                raise
+            except ParseError as exc:
+                self._login_failures += 1
+                self._login_blocked_until = self._timer() + LOGIN_BACKOFF_START
+                err = FetchError("invalid_response", f"login: {exc}", endpoint="login")
+                self._login_error = err
+                raise err from None
+            self._login_failures = 0
+            self._login_error = None
+            self._token = token
+            self._token_expires = expires
+            log.debug("logged in", extra={"portal": self.portal.name})
+
+    # -- calls ------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, deadline: float, *,
+              params: dict[str, str] | None = None, json_body: Any = None,
+              auth_header: str | None) -> tuple[bool, Any]:
+        """One HTTP call, its whole answer bounded by `deadline` (a timer() value)."""
+        url = self.portal.url + path
+        headers = {"Authorization": auth_header} if auth_header else {}
+        for attempt in (1, 2):
+            body, status, retry_after = self._http(method, url, deadline, params, json_body,
+                                                   headers)
+            if status == 429 and attempt == 1 and retry_after is not None:
+                # Honour Retry-After once when it still fits inside this scrape's deadline.
+                remaining = deadline - self._timer()
+                if retry_after <= min(MAX_RETRY_AFTER, remaining - 0.2):
+                    self._sleep(retry_after)
+                    continue
+            break
+        if status != 200:
+            reason = STATUS_REASONS.get(status, "http_error")
+            raise FetchError(reason, f"HTTP {status}", retry_after=retry_after)
+        try:
+            return decode_envelope(body)
+        except ParseError as exc:
+            raise FetchError("invalid_response", str(exc)) from None
+
+    def _http(self, method: str, url: str, deadline: float, params: dict[str, str] | None,
+              json_body: Any, headers: dict[str, str]) -> tuple[bytes, int, float | None]:
+        remaining = deadline - self._timer()
+        if remaining <= 0:
+            raise FetchError("timeout", "deadline passed before the request was sent")
+        if self._host_limit is not None:
+            if not self._host_limit.acquire(timeout=remaining):
+                raise FetchError("timeout", "waited for a free connection to the host until "
+                                            "the deadline")
+        try:
+            remaining = deadline - self._timer()
+            if remaining <= 0:
+                raise FetchError("timeout", "deadline passed before the request was sent")
+            try:
+                resp = self._session.request(
+                    method, url, params=params, json=json_body, headers=headers,
+                    timeout=(remaining, remaining), stream=True,
+                    # Never follow redirects: credentials must not travel to a URL
+                    # that is not in the config.
+                    allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                raise _classify_exception(exc) from None
+            try:
+                status = resp.status_code
+                retry_after = _retry_after(resp.headers.get("Retry-After"), self._clock())
+                if status != 200:
+                    return b"", status, retry_after
+                body = self._read_body(resp, deadline)
+                return body, status, retry_after
+            finally:
+                resp.close()
+        finally:
+            if self._host_limit is not None:
+                self._host_limit.release()
+
+    def _read_body(self, resp: requests.Response, deadline: float) -> bytes:
+        """Read the body with the deadline bounding the whole read, not each socket read."""
+        limit = self.portal.max_response_bytes
+        length = resp.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > limit:
+            raise FetchError("invalid_response", f"answer larger than {limit} bytes")
+        raw = resp.raw
+        chunks: list[bytes] = []
+        total = 0
+        read1 = getattr(raw, "read1", None)
+        try:
+            while True:
+                remaining = deadline - self._timer()
+                if remaining <= 0:
+                    raise FetchError("timeout", "answer not complete before the deadline")
+                sock = getattr(getattr(raw, "connection", None), "sock", None)
+                if sock is not None:
+                    # Each recv may wait at most until the deadline; a drip-feed of one
+                    # byte a second is caught by the loop's own check above.
+                    sock.settimeout(max(remaining, 0.001))
+                if read1 is not None:
+                    chunk = read1(CHUNK, decode_content=True)
+                else:  # pragma: no cover - urllib3 < 2
+                    chunk = raw.read(4096, decode_content=True)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > limit:
+                    raise FetchError("invalid_response", f"answer larger than {limit} bytes")
+                chunks.append(chunk)
+        except FetchError:
+            raise
+        except requests.RequestException as exc:
+            raise _classify_exception(exc) from None
+        except Exception as exc:  # noqa: BLE001 - urllib3/socket errors mid-body
+            if "timed out" in str(exc).lower() or isinstance(exc, TimeoutError):
+                raise FetchError("timeout", "answer not complete before the deadline") from None
+            raise FetchError("connection", "connection broke while reading the answer") from None
+        return b"".join(chunks)
+
+    def get(self, endpoint: str, deadline: float) -> tuple[bool, Any]:
+        """GET one backup endpoint -> decoded envelope. Raises FetchError."""
+        params = {"Dump": "true"} if self.portal.dump else None
+        path = API + ENDPOINT_PATHS[endpoint]
+        header = self._auth_header()
+        if isinstance(self.portal.auth, PasswordAuth) and header is None:
+            self.login(deadline)
+            header = self._auth_header()
+        try:
+            return self._call("GET", path, deadline, params=params, auth_header=header)
+        except FetchError as exc:
+            if exc.reason != "unauthorized" or not isinstance(self.portal.auth, PasswordAuth):
+                raise
+        # The token was revoked or expired early: log in again, once.
+        self.login(deadline, force=True, stale=header)
+        return self._call("GET", path, deadline, params=params, auth_header=self._auth_header())
+
+    def schedule(self, deadline: float) -> Schedule | None:
+        return self._parsed("schedule", deadline, parse_schedule)
+
+    def backup_progress(self, deadline: float) -> Task | None:
+        return self._parsed("backup_progress", deadline, parse_task)
+
+    def restore_progress(self, deadline: float) -> Task | None:
+        return self._parsed("restore_progress", deadline, parse_task)
+
+    def history(self, deadline: float) -> History:
+        return self._parsed("history", deadline, parse_history)
+
+    def _parsed(self, endpoint: str, deadline: float, parser: Callable[[bool, Any], Any]) -> Any:
+        present, response = self.get(endpoint, deadline)
+        try:
+            return parser(present, response)
+        except ParseError as exc:
+            raise FetchError("invalid_response", str(exc)) from None

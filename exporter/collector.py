@@ -1,0 +1,271 @@
+"""Fan out over portals under one deadline, time each, count errors; never raise."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client.registry import Collector
+
+from exporter import __version__, metrics
+from exporter.client import DocSpaceClient, FetchError
+from exporter.config import Config, PortalConfig
+from exporter.metrics import PortalData
+
+log = logging.getLogger(__name__)
+
+# Margin kept free inside Prometheus's scrape timeout for rendering and sending the answer.
+SCRAPE_TIMEOUT_OFFSET = 0.5
+# Each call must give up a little before the scrape's end so its error is known in time.
+CALL_MARGIN = 0.05
+
+
+class _Fetch:
+    """One in-flight round of API calls for one portal, shared by concurrent scrapes."""
+
+    def __init__(self, portal: PortalConfig, started: float) -> None:
+        self.portal = portal
+        self.started = started
+        self.futures: dict[str, Future[Any]] = {}
+        self.done = threading.Event()
+        self.finished: float | None = None
+        self.remaining = 0
+        self.lock = threading.Lock()
+
+
+class Scraper:
+    """Owns the DocSpace clients and the worker pool; turns portals into PortalData."""
+
+    def __init__(
+        self,
+        *,
+        max_workers: int = 128,
+        max_requests_per_host: int = 8,
+        timer: Callable[[], float] = time.monotonic,
+        client_factory: Callable[..., DocSpaceClient] = DocSpaceClient,
+    ) -> None:
+        self._timer = timer
+        self._client_factory = client_factory
+        self._max_per_host = max_requests_per_host
+        self._pool = ThreadPoolExecutor(max_workers=max_workers,
+                                        thread_name_prefix="docspace-call")
+        self._lock = threading.Lock()
+        self._clients: dict[str, DocSpaceClient] = {}
+        self._host_limits: dict[str, threading.BoundedSemaphore] = {}
+        self._inflight: dict[str, _Fetch] = {}
+        self._errors: dict[tuple[str, str, str], int] = {}
+        self.upstream_fetches = 0  # rounds of API calls started; proves request sharing
+
+    # -- clients ----------------------------------------------------------------------
+
+    def _client(self, portal: PortalConfig) -> DocSpaceClient:
+        with self._lock:
+            client = self._clients.get(portal.name)
+            if client is not None and client.portal == portal:
+                return client
+            if client is not None:
+                client.close()
+            host = (urlsplit(portal.url).hostname or "").lower()
+            limit = self._host_limits.get(host)
+            if limit is None:
+                limit = self._host_limits[host] = threading.BoundedSemaphore(self._max_per_host)
+            client = self._client_factory(portal, host_limit=limit)
+            self._clients[portal.name] = client
+            return client
+
+    def retain(self, portals: Iterable[PortalConfig]) -> None:
+        """After a reload: drop clients (and cached logins) of portals no longer configured
+        or whose settings changed."""
+        keep = {p.name: p for p in portals}
+        with self._lock:
+            for name in list(self._clients):
+                if name not in keep or self._clients[name].portal != keep[name]:
+                    self._clients.pop(name).close()
+            for key in list(self._errors):
+                if key[0] not in keep:
+                    del self._errors[key]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            for c in self._clients.values():
+                c.close()
+            self._clients.clear()
+
+    # -- errors -----------------------------------------------------------------------
+
+    def errors(self) -> dict[tuple[str, str, str], int]:
+        with self._lock:
+            return dict(self._errors)
+
+    def _count(self, portal: str, endpoint: str, reason: str) -> None:
+        with self._lock:
+            key = (portal, endpoint, reason)
+            self._errors[key] = self._errors.get(key, 0) + 1
+
+    # -- fetching ---------------------------------------------------------------------
+
+    def _start(self, portal: PortalConfig, deadline: float) -> _Fetch:
+        """Join the portal's in-flight fetch, or start one. DocSpace allows 50 concurrent
+        GETs per user; sharing keeps two Prometheus servers from doubling the load."""
+        with self._lock:
+            fetch = self._inflight.get(portal.name)
+            if fetch is not None and not fetch.done.is_set() and fetch.portal == portal:
+                return fetch
+            fetch = _Fetch(portal, self._timer())
+            self._inflight[portal.name] = fetch
+            self.upstream_fetches += 1
+        client = self._client(portal)
+        calls: list[tuple[str, Callable[[float], Any]]] = [
+            ("schedule", client.schedule),
+            ("backup_progress", client.backup_progress),
+            ("restore_progress", client.restore_progress),
+        ]
+        if portal.history:
+            calls.append(("history", client.history))
+        fetch.remaining = len(calls)
+        for endpoint, fn in calls:
+            try:
+                fut = self._pool.submit(fn, deadline)
+            except RuntimeError:  # pool shut down during exit
+                fut = Future()
+                fut.set_exception(FetchError("connection", "exporter is shutting down"))
+            fetch.futures[endpoint] = fut
+            fut.add_done_callback(functools.partial(self._call_done, fetch, endpoint))
+        return fetch
+
+    def _call_done(self, fetch: _Fetch, endpoint: str, fut: Future[Any]) -> None:
+        with fetch.lock:
+            fetch.remaining -= 1
+            last = fetch.remaining == 0
+        if last:
+            fetch.finished = self._timer()
+            self._record(fetch)
+            fetch.done.set()
+
+    def _record(self, fetch: _Fetch) -> None:
+        """Count the errors of a finished fetch, once, whoever was waiting for it."""
+        login_counted = False
+        for endpoint, fut in fetch.futures.items():
+            exc = fut.exception() if not fut.cancelled() else None
+            if exc is None:
+                continue
+            err = _as_fetch_error(exc, fetch.portal.name, endpoint)
+            if err.endpoint == "login":
+                if not login_counted:
+                    self._count(fetch.portal.name, "login", err.reason)
+                    log.warning("login failed", extra={
+                        "portal": fetch.portal.name, "reason": err.reason, "err": str(err)})
+                    login_counted = True
+                continue
+            self._count(fetch.portal.name, endpoint, err.reason)
+            log.warning("API call failed", extra={
+                "portal": fetch.portal.name, "endpoint": endpoint, "reason": err.reason,
+                "err": str(err)})
+
+    def scrape(self, portals: list[PortalConfig], scrape_timeout: float | None = None
+               ) -> list[PortalData]:
+        """Query every portal concurrently. With `scrape_timeout` (seconds, already minus
+        the offset), the answer is ready by then whatever the portals do."""
+        start = self._timer()
+        end = start + scrape_timeout if scrape_timeout is not None else None
+        fetches: list[_Fetch] = []
+        for p in portals:
+            deadline = start + p.timeout
+            if end is not None:
+                deadline = min(deadline, end - CALL_MARGIN)
+            try:
+                fetches.append(self._start(p, deadline))
+            except Exception:  # noqa: BLE001 - never raise out of a scrape
+                log.exception("could not start fetch", extra={"portal": p.name})
+                broken = _Fetch(p, start)
+                broken.finished = start
+                broken.done.set()
+                fetches.append(broken)
+        wait_until = max((start + p.timeout for p in portals), default=start)
+        if end is not None:
+            wait_until = min(wait_until, end)
+        all_futures = [f for fe in fetches for f in fe.futures.values()]
+        # A small grace lets calls that hit their own deadline report it as timeout.
+        wait_futures(all_futures, timeout=max(0.0, wait_until - self._timer()) + 0.02)
+        now = self._timer()
+        return [self._portal_data(fe, start, now) for fe in fetches]
+
+    def _portal_data(self, fetch: _Fetch, start: float, now: float) -> PortalData:
+        p = fetch.portal
+        data = PortalData(name=p.name, url=p.url, duration=0.0)
+        for endpoint, fut in fetch.futures.items():
+            if not fut.done():
+                data.failed[endpoint] = "timeout"
+                continue
+            exc = fut.exception() if not fut.cancelled() else None
+            if exc is None:
+                data.ok[endpoint] = fut.result()
+            else:
+                data.failed[endpoint] = _as_fetch_error(exc, p.name, endpoint).reason
+        if not fetch.futures:
+            data.failed["schedule"] = "connection"
+        finished = fetch.finished if fetch.done.is_set() and fetch.finished else now
+        # A scrape that joined a fetch another one started reports the fetch's duration.
+        data.duration = max(0.0, min(finished, now) - fetch.started)
+        return data
+
+
+def _as_fetch_error(exc: BaseException, portal: str, endpoint: str) -> FetchError:
+    if isinstance(exc, FetchError):
+        return exc
+    # A bug of ours must not take the scrape down; it shows as invalid_response.
+    log.error("unexpected error", extra={"portal": portal, "endpoint": endpoint,
+                                         "err": type(exc).__name__})
+    return FetchError("invalid_response", f"unexpected {type(exc).__name__}")
+
+
+class DocSpaceCollector(Collector):
+    """A prometheus_client collector that queries the portals when it is collected.
+
+    One is made per HTTP request (like prometheus-pve-exporter's /pve?target=), so each
+    scrape carries its own deadline and its own portal selection.
+
+    Sample output:
+        docspace_up{portal="main"} 1.0
+        docspace_backup_schedule_last_backup_age_seconds{portal="main"} 86412.0
+        docspace_backup_status{portal="main",status="completed"} 1.0
+    """
+
+    def __init__(self, scraper: Scraper, portals: list[PortalConfig], *,
+                 scrape_timeout: float | None = None, include_errors_for_all: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._scraper = scraper
+        self._portals = portals
+        self._timeout = scrape_timeout
+        self._all_errors = include_errors_for_all
+        self._clock = clock
+
+    def collect(self) -> Iterator[Any]:
+        try:
+            data = self._scraper.scrape(self._portals, self._timeout)
+            now = self._clock()
+            yield from metrics.portal_families(data, now)
+            names = None if self._all_errors else [p.name for p in self._portals]
+            yield metrics.error_family(self._scraper.errors(), names)
+        except Exception:  # noqa: BLE001 - a scrape must never fail
+            log.exception("collector failed")
+
+
+class ExporterCollector(Collector):
+    """The exporter's own metrics: build info and config reload state."""
+
+    def __init__(self, state: Callable[[], tuple[bool, float | None, Config | None]]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Any]:
+        ok, ts, cfg = self._state()
+        yield from metrics.exporter_families(__version__, ok, ts,
+                                             len(cfg.portals) if cfg else 0)
