@@ -54,6 +54,12 @@ MAX_RETRY_AFTER = 5.0
 CHUNK = 64 * 1024
 
 
+def wall_clock() -> float:
+    """time.time() looked up at each call, so freezegun's patch reaches it. Deadlines use
+    the real time.monotonic on purpose: a frozen timer would never let a deadline pass."""
+    return time.time()
+
+
 class FetchError(Exception):
     """A failed call. `reason` is the contract's label value; the message is safe to log."""
 
@@ -111,14 +117,14 @@ class DocSpaceClient:
         portal: PortalConfig,
         *,
         session: requests.Session | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         timer: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         host_limit: threading.BoundedSemaphore | None = None,
         pool_size: int = 4,
     ) -> None:
         self.portal = portal
-        self._clock = clock
+        self._clock = clock or wall_clock
         self._timer = timer
         self._sleep = sleep
         self._host_limit = host_limit

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from prometheus_client.registry import Collector
 
 from exporter import __version__, metrics
-from exporter.client import DocSpaceClient, FetchError
+from exporter.client import DocSpaceClient, FetchError, wall_clock
 from exporter.config import Config, PortalConfig
 from exporter.metrics import PortalData
 
@@ -241,12 +241,12 @@ class DocSpaceCollector(Collector):
 
     def __init__(self, scraper: Scraper, portals: list[PortalConfig], *,
                  scrape_timeout: float | None = None, include_errors_for_all: bool = True,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self._scraper = scraper
         self._portals = portals
         self._timeout = scrape_timeout
         self._all_errors = include_errors_for_all
-        self._clock = clock
+        self._clock = clock or wall_clock
 
     def collect(self) -> Iterator[Any]:
         try:

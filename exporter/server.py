@@ -11,7 +11,6 @@ import logging
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +26,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__
+from exporter.client import wall_clock
 from exporter.collector import (
     SCRAPE_TIMEOUT_OFFSET,
     DocSpaceCollector,
@@ -231,10 +231,10 @@ class ExporterApp:
     """The running exporter: current config, reload state, scraper, self metrics."""
 
     def __init__(self, config: Config | None, *, loader: Callable[[], Config] | None = None,
-                 scraper: Scraper | None = None, clock: Callable[[], float] = time.time,
+                 scraper: Scraper | None = None, clock: Callable[[], float] | None = None,
                  telemetry_path: str = "/metrics", on_config: Callable[[Config], None] | None
                  = None) -> None:
-        self._clock = clock
+        self._clock = clock = clock or wall_clock
         self._loader = loader
         self._lock = threading.Lock()
         self._config = config
