@@ -341,10 +341,11 @@ class DocSpaceClient:
         """GET one backup endpoint -> decoded envelope. Raises FetchError."""
         params = {"Dump": "true"} if self.portal.dump else None
         path = API + ENDPOINT_PATHS[endpoint]
-        header = self._auth_header()
-        if isinstance(self.portal.auth, PasswordAuth) and header is None:
+        if self.needs_login():
+            # No token yet, or DocSpace's `expires` is near: log in before the call
+            # rather than spend a round trip on a certain 401.
             self.login(deadline)
-            header = self._auth_header()
+        header = self._auth_header()
         try:
             return self._call("GET", path, deadline, params=params, auth_header=header)
         except FetchError as exc:
