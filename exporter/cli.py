@@ -60,32 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def demo_config() -> tuple[Config, object]:
-    """Start the simulator on loopback and return a config of its portals."""
-    from exporter.simulator import DEMO_PORTALS, Simulator
+    """Start the simulator on loopback and return a config of its demo portals."""
+    from exporter.simulator import Simulator, add_demo_portals
 
     sim = Simulator("127.0.0.1", 0)
+    sim_portals = add_demo_portals(sim)
+    sim.start()
     portals = []
-    for name, scenario in DEMO_PORTALS:
-        kw = {}
-        if name == "healthy-login":
-            kw = {"username": "admin@example.com", "password": "demo-password"}
-        sp = sim.add_portal(name, scenario, **kw)
+    for sp in sim_portals:
         auth: ApiKeyAuth | PasswordAuth
         if sp.username and sp.password:
             auth = PasswordAuth(sp.username, Secret(sp.password))
         else:
             auth = ApiKeyAuth(Secret(sp.api_key))
-        portals.append((name, auth))
-    sim.start()
-    cfg = Config(
-        portals=tuple(
-            PortalConfig(name=name, url=sim.portal_url(name), auth=auth, timeout=5.0,
-                         history=True)
-            for name, auth in portals
-        ),
-        source="--demo",
-    )
-    return cfg, sim
+        portals.append(PortalConfig(name=sp.name, url=sim.portal_url(sp.name), auth=auth,
+                                    timeout=5.0, history=True))
+    return Config(portals=tuple(portals), source="--demo"), sim
 
 
 def main(argv: Sequence[str] | None = None) -> int:
