@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import http.cookiejar
 import logging
 import ssl
 import threading
@@ -147,6 +148,10 @@ class DocSpaceClient:
         proxies = requests.utils.get_environ_proxies(portal.url)
         s.trust_env = False
         s.proxies.update(proxies)
+        # Authentication is by header only. Login also sets the asc_auth_key cookie, and
+        # DocSpace prefers a cookie over the header: a stale cookie would outvote a fresh
+        # token, so the session keeps no cookies at all.
+        s.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         # No automatic retries: one call per endpoint per scrape. A retry would hide a
         # flaky portal and double its load; the next scrape is the retry.
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)

@@ -18,6 +18,7 @@ from exporter import __version__, metrics
 from exporter.client import DocSpaceClient, FetchError, wall_clock
 from exporter.config import Config, PortalConfig
 from exporter.metrics import PortalData
+from exporter.model import Task
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,13 @@ class Scraper:
         for endpoint, fut in fetch.futures.items():
             exc = fut.exception() if not fut.cancelled() else None
             if exc is None:
+                task = fut.result()
+                if isinstance(task, Task) and task.failed and log.isEnabledFor(logging.DEBUG):
+                    # The API's error text may name paths or storage details: debug only,
+                    # truncated by the parser.
+                    log.debug("task failed", extra={"portal": fetch.portal.name,
+                                                    "endpoint": endpoint,
+                                                    "error": task.error_text})
                 continue
             err = _as_fetch_error(exc, fetch.portal.name, endpoint)
             if err.endpoint == "login":
