@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -251,3 +252,56 @@ def prom_query(base: str, query: str, **params: str) -> list[dict[str, Any]]:
     if body.get("status") != "success":
         raise ValueError(f"{query}: {body}")
     return list(body["data"]["result"])
+
+
+# --- sped-up copies of the shipped configs ----------------------------------------------
+
+# The shipped configs name the exporter and Alertmanager by their docker-compose host names.
+EXPORTER_HOST = "docspace-backup-exporter:10057"
+ALERTMANAGER_HOST = "alertmanager:9093"
+# Every `for:` of the shipped rules is cut to this in the copy the test loads, so that alerts
+# with `for: 15m`..`1h` fire within seconds. Everything else in the rules is unchanged.
+SHORT_FOR = "2s"
+
+
+def fast_rules(dest: Path) -> Path:
+    doc = yaml.safe_load(RULES_FILE.read_text())
+    shortened = 0
+    for group in doc["groups"]:
+        group["interval"] = "1s"
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = SHORT_FOR
+                shortened += 1
+    assert shortened >= 10
+    dest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dest
+
+
+def fast_prometheus_config(dest: Path, rules: Path, exporter: str,
+                           alertmanager: str | None) -> Path:
+    """The shipped prometheus.yml, pointed at 127.0.0.1 and sped up to 1 s."""
+    doc = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    doc["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    doc["rule_files"] = [str(rules)]
+    am_targets = doc["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert am_targets == [ALERTMANAGER_HOST]
+    if alertmanager:
+        am_targets[:] = [alertmanager]
+    else:
+        del doc["alerting"]
+    replaced = 0
+    for job in doc["scrape_configs"]:
+        job["scrape_interval"] = "1s"
+        job["scrape_timeout"] = "1s"  # the exporter then answers within 0.5 s
+        for sc in job["static_configs"]:
+            if EXPORTER_HOST in sc["targets"]:
+                sc["targets"] = [exporter if t == EXPORTER_HOST else t for t in sc["targets"]]
+                replaced += 1
+        for rc in job.get("relabel_configs", []):
+            if rc.get("replacement") == EXPORTER_HOST:
+                rc["replacement"] = exporter
+                replaced += 1
+    assert replaced == 2, "expected the /metrics target and the /probe __address__ rule"
+    dest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dest
