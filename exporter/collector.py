@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -200,9 +199,13 @@ class Scraper:
         wait_until = max((start + p.timeout for p in portals), default=start)
         if end is not None:
             wait_until = min(wait_until, end)
-        all_futures = [f for fe in fetches for f in fe.futures.values()]
-        # A small grace lets calls that hit their own deadline report it as timeout.
-        wait_futures(all_futures, timeout=max(0.0, wait_until - self._timer()) + 0.02)
+        # Wait for each fetch's `done`, not for its futures: a future counts as done before
+        # its callbacks run, and the last callback is what records the fetch's errors, so
+        # waiting on futures let this scrape render the error counter before its own
+        # failures were in it. A small grace lets calls that hit their own deadline report
+        # it as timeout.
+        for fe in fetches:
+            fe.done.wait(max(0.0, wait_until + 0.02 - self._timer()))
         now = self._timer()
         return [self._portal_data(fe, start, now) for fe in fetches]
 
