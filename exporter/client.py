@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import http.cookiejar
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -13,6 +14,8 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from exporter import __version__
 from exporter.config import ApiKeyAuth, PasswordAuth, PortalConfig, TokenAuth
@@ -110,6 +113,114 @@ def _classify_exception(exc: BaseException) -> FetchError:
     return FetchError("connection", f"request failed ({type(exc).__name__})")
 
 
+_CURRENT = threading.local()  # .watchdog: the _Watchdog of the call this thread is making
+
+
+class _Watchdog:
+    """Ends one call at its deadline, whatever the peer does.
+
+    Socket timeouts bound each read, not the whole answer: a portal that sends a byte before
+    every timeout (dripped headers or body) would hold the call, its worker thread and its
+    host slot long past the scrape that wanted it, and later scrapes would join that stuck
+    fetch. At the deadline the watchdog shuts the call's socket down, which ends a blocked
+    read at once; the call then fails as `timeout`.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._over = False
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def attach(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._sock = sock
+            fired = self.fired
+        if fired:
+            _shutdown(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._over:
+                return
+            self.fired = True
+            sock = self._sock
+        if sock is not None:
+            _shutdown(sock)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._over = True
+        self._timer.cancel()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        # socket.socket's own shutdown: SSLSocket.shutdown would also drop its TLS state
+        # under a read that is running in another thread.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _watch(sock: socket.socket | None) -> None:
+    watchdog = getattr(_CURRENT, "watchdog", None)
+    if watchdog is not None:
+        watchdog.attach(sock)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    """Reports its socket to the watchdog of the call using it."""
+
+    def connect(self) -> None:
+        super().connect()
+        _watch(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watch(self.sock)  # a kept-alive connection is not connected again
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _watch(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watch(self.sock)
+        super().request(*args, **kwargs)
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter, with connections that a call's watchdog can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS pools are their own classes
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
 class DocSpaceClient:
     """Talks to one portal. Thread-safe: the collector calls its endpoints concurrently."""
 
@@ -154,7 +265,7 @@ class DocSpaceClient:
         s.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         # No automatic retries: one call per endpoint per scrape. A retry would hide a
         # flaky portal and double its load; the next scrape is the retry.
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        adapter = _Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         s.mount("http://", adapter)
         s.mount("https://", adapter)
         if portal.insecure_skip_verify:
@@ -279,31 +390,55 @@ class DocSpaceClient:
             remaining = deadline - self._timer()
             if remaining <= 0:
                 raise FetchError("timeout", "deadline passed before the request was sent")
+            watchdog = _Watchdog(remaining)
+            _CURRENT.watchdog = watchdog
             try:
-                resp = self._session.request(
-                    method, url, params=params, json=json_body, headers=headers,
-                    timeout=(remaining, remaining), stream=True,
-                    # Never follow redirects: credentials must not travel to a URL
-                    # that is not in the config.
-                    allow_redirects=False,
-                )
-            except requests.RequestException as exc:
-                raise _classify_exception(exc) from None
-            try:
-                status = resp.status_code
-                retry_after = _retry_after(resp.headers.get("Retry-After"), self._clock())
-                if status != 200:
-                    return b"", status, retry_after
-                body = self._read_body(resp, deadline)
-                return body, status, retry_after
+                result = self._exchange(method, url, deadline, params, json_body, headers,
+                                        remaining)
+                if watchdog.fired:  # the socket was cut: whatever was read is not the answer
+                    raise FetchError("timeout", "answer not complete before the deadline")
+                return result
+            except FetchError as exc:
+                if watchdog.fired and exc.reason != "timeout":
+                    raise FetchError("timeout", "answer not complete before the deadline"
+                                     ) from None
+                raise
             finally:
-                resp.close()
+                _CURRENT.watchdog = None
+                watchdog.stop()
         finally:
             if self._host_limit is not None:
                 self._host_limit.release()
 
+    def _exchange(self, method: str, url: str, deadline: float,
+                  params: dict[str, str] | None, json_body: Any, headers: dict[str, str],
+                  remaining: float) -> tuple[bytes, int, float | None]:
+        try:
+            resp = self._session.request(
+                method, url, params=params, json=json_body, headers=headers,
+                timeout=(remaining, remaining), stream=True,
+                # Never follow redirects: credentials must not travel to a URL
+                # that is not in the config.
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise _classify_exception(exc) from None
+        try:
+            status = resp.status_code
+            retry_after = _retry_after(resp.headers.get("Retry-After"), self._clock())
+            if status != 200:
+                return b"", status, retry_after
+            body = self._read_body(resp, deadline)
+            return body, status, retry_after
+        finally:
+            resp.close()
+
     def _read_body(self, resp: requests.Response, deadline: float) -> bytes:
-        """Read the body with the deadline bounding the whole read, not each socket read."""
+        """Read the body with the deadline bounding the whole read, not each socket read.
+
+        The loop checks the deadline between reads; a read blocked at the deadline is ended
+        by the call's _Watchdog (the connection's socket is not reachable from here: http.client
+        drops `connection.sock` once the response has begun)."""
         limit = self.portal.max_response_bytes
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > limit:
@@ -317,11 +452,6 @@ class DocSpaceClient:
                 remaining = deadline - self._timer()
                 if remaining <= 0:
                     raise FetchError("timeout", "answer not complete before the deadline")
-                sock = getattr(getattr(raw, "connection", None), "sock", None)
-                if sock is not None:
-                    # Each recv may wait at most until the deadline; a drip-feed of one
-                    # byte a second is caught by the loop's own check above.
-                    sock.settimeout(max(remaining, 0.001))
                 if read1 is not None:
                     chunk = read1(CHUNK, decode_content=True)
                 else:  # pragma: no cover - urllib3 < 2
