@@ -149,6 +149,10 @@ def decode_envelope(body: bytes) -> tuple[bool, Any]:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ParseError("body is not JSON") from None
+    except RecursionError:
+        # A few hundred kilobytes of `[[[[` fit under the size cap and nest deeper than
+        # the json module recurses.
+        raise ParseError("body nests too deeply") from None
     if not isinstance(doc, dict):
         raise ParseError("body is not a JSON object")
     status = doc.get("status", 0)
@@ -176,8 +180,15 @@ def _int(obj: dict[str, Any], key: str, *, required: bool = True, default: int =
         return int(v)
     if isinstance(v, str) and re.fullmatch(r"-?\d+", v.strip()):
         # ASP.NET's Web JSON profile reads numbers from strings; tolerate it on output too.
-        return int(v)
+        return _digits(v, key)
     raise ParseError(f"{key} is not a number")
+
+
+def _digits(text: str, key: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+        raise ParseError(f"{key} is not a number") from None
 
 
 def _number(obj: dict[str, Any], key: str) -> float:
@@ -216,7 +227,7 @@ def _enum(value: Any, names: dict[str, int], key: str) -> int:
     if isinstance(value, str):
         s = value.strip()
         if re.fullmatch(r"-?\d+", s):
-            return int(s)
+            return _digits(s, key)
         n = names.get(s.lower())
         if n is not None:
             return n
