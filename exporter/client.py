@@ -82,7 +82,7 @@ def _retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() is also true for '²'
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
