@@ -62,6 +62,8 @@ SCENARIOS: tuple[str, ...] = (
     "wrong_types",
     "html",
     "redirect",
+    # TenantStatusFilter: a deleted or suspended portal answers 404 to everything.
+    "not_found",
 )
 
 DEMO_PORTALS: tuple[tuple[str, str], ...] = (
@@ -198,6 +200,13 @@ def _problem(code: int) -> bytes:
             "status": 403,
             "traceId": _trace_id(),
         }
+    elif code == 404:
+        doc = {
+            "type": "https://tools.ietf.org/html/rfc9110#section-15.5.5",
+            "title": "Not Found",
+            "status": 404,
+            "traceId": _trace_id(),
+        }
     else:
         doc = {"status": code, "traceId": _trace_id()}
     return _compact(doc).encode()
@@ -235,6 +244,9 @@ class SimPortal:
     slow_seconds: float = 30.0
     dump_allowed: bool = True
     retry_after: int = 1
+    # Whatever the scenario, answer this many more API requests with 429 + Retry-After first
+    # (counts down); for "the exporter waits Retry-After once, then succeeds" tests.
+    rate_limit_first: int = 0
     # clock() when the portal was added; scenario-default times are relative to it.
     added_at: float = 0.0
     _cache: dict[tuple[Any, ...], tuple[str | None, int]] = field(
@@ -855,6 +867,13 @@ class Simulator:
             with self._lock:
                 self._inflight[name] -= 1
 
+    def _take_rate_limit(self, p: SimPortal) -> bool:
+        with self._lock:
+            if p.rate_limit_first <= 0:
+                return False
+            p.rate_limit_first -= 1
+            return True
+
     def _sim_path(self, h: _Handler, path: str) -> _Resp:
         if path == "/_sim/stats":
             return _Resp(200, _compact(self.stats()).encode(), _CT_JSON)
@@ -881,7 +900,10 @@ class Simulator:
         if sc == "down":
             h.send(_Resp(502, _NGINX_502, _CT_HTML))
             return
-        if sc == "rate_limited":
+        if sc == "not_found":
+            h.send(_Resp(404, _problem(404), _CT_PROBLEM))
+            return
+        if sc == "rate_limited" or self._take_rate_limit(p):
             reset = int(self.clock()) + p.retry_after
             h.send(
                 _Resp(
