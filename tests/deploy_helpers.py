@@ -70,8 +70,9 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def binary(name: str) -> str:
-    """Path of a required tool; skip (outside CI) or fail (CI) when it is not installed."""
+def binary(name: str, *, optional: bool = False) -> str:
+    """Path of a required tool; skip (outside CI) or fail (CI) when it is not installed.
+    `optional` tools (an extra check beside a structural test) only ever skip."""
     for candidate in _BINARIES.get(name, (name,)):
         found = shutil.which(candidate)
         if found:
@@ -80,7 +81,10 @@ def binary(name: str) -> str:
         beside = Path(sys.executable).parent / candidate
         if beside.is_file() and os.access(beside, os.X_OK):
             return str(beside)
-    unavailable(f"{name} is not installed (looked for {', '.join(_BINARIES.get(name, (name,)))})")
+    reason = f"{name} is not installed (looked for {', '.join(_BINARIES.get(name, (name,)))})"
+    if optional:
+        pytest.skip(reason)
+    unavailable(reason)
     raise AssertionError("unreachable")
 
 
