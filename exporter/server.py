@@ -468,7 +468,13 @@ class Handler(BaseHTTPRequestHandler):
     def _metrics(self, target: str | None) -> None:
         timeout = scrape_timeout_from(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"))
         registry = self.server.app.registry(target, timeout)
-        encoder, content_type = choose_encoder(self.headers.get("Accept") or "")
+        try:
+            encoder, content_type = choose_encoder(self.headers.get("Accept") or "")
+        except (TypeError, ValueError):
+            # prometheus_client fails on some malformed Accept values (an OpenMetrics
+            # `version=abc`), which dropped the connection without an answer; such a
+            # header gets the classic text format, as an absent one does.
+            encoder, content_type = choose_encoder("")
         self._send(200, encoder(registry), content_type)
 
     def _probe(self, query: str) -> None:
