@@ -292,3 +292,19 @@ def test_sharded_config_spreads_portals_over_both_exporters() -> None:
     portals = probe["static_configs"][0]["targets"]
     used = {shard_rules[str(_hashmod(p, modulus))] for p in portals}
     assert used == set(shard_rules.values()), "the example portals all land on one exporter"
+
+
+# --- the skip-or-fail rule of the deploy tests ------------------------------------------
+
+
+def test_missing_binary_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = "docspace-no-such-tool-xyz"
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        dh.binary(missing)
+    with pytest.raises(pytest.skip.Exception):  # optional tools only ever skip
+        dh.binary(missing, optional=True)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        dh.binary(missing)
+    assert dh.binary("sh").endswith("/sh")
