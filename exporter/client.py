@@ -243,7 +243,7 @@ class DocSpaceClient:
         self._session = session or self._new_session(portal, pool_size)
         self._login_lock = threading.Lock()
         self._token: str | None = None
-        self._token_expires: float | None = None  # Unix seconds; None = no expiry
+        self._token_renew_at: float | None = None  # Unix seconds; None = only on a 401
         self._login_failures = 0
         self._login_blocked_until = 0.0  # timer() value
         self._login_error: FetchError | None = None
@@ -294,9 +294,22 @@ class DocSpaceClient:
     def _token_valid(self) -> bool:
         if self._token is None:
             return False
-        if self._token_expires is None:
+        if self._token_renew_at is None:
             return True
-        return self._clock() < self._token_expires - TOKEN_RENEW_MARGIN
+        return self._clock() < self._token_renew_at
+
+    def _renew_at(self, expires: float | None) -> float | None:
+        """When to log in again ahead of DocSpace's `expires` (clock skew), but at most half
+        the token's life ahead: a token shorter-lived than the margin would count as expired
+        the moment it arrived, and each endpoint call of a scrape would log in again."""
+        if expires is None:
+            return None
+        life = expires - self._clock()
+        if life <= 0:
+            # Already past by our clock, just issued by the portal's: the clocks disagree,
+            # so only the portal's 401 can say the token is done.
+            return None
+        return expires - min(TOKEN_RENEW_MARGIN, life / 2)
 
     def _auth_header(self) -> str | None:
         auth = self.portal.auth
@@ -348,7 +361,7 @@ class DocSpaceClient:
             self._login_failures = 0
             self._login_error = None
             self._token = token
-            self._token_expires = expires
+            self._token_renew_at = self._renew_at(expires)
             log.debug("logged in", extra={"portal": self.portal.name})
 
     # -- calls ------------------------------------------------------------------------
