@@ -444,6 +444,11 @@ class DocSpaceClient:
             body = self._read_body(resp, deadline)
             return body, status, retry_after
         finally:
+            # Disarm the watchdog before the connection can go back to the pool: a late
+            # shutdown would cut whichever call takes that connection next.
+            watchdog = getattr(_CURRENT, "watchdog", None)
+            if watchdog is not None:
+                watchdog.stop()
             resp.close()
 
     def _read_body(self, resp: requests.Response, deadline: float) -> bytes:
