@@ -197,10 +197,11 @@ class BasicAuth:
         return bool(self._users)
 
     def check(self, header: str | None) -> bool:
-        if not header or not header.startswith("Basic "):
+        scheme, _, credentials = (header or "").strip().partition(" ")
+        if scheme.lower() != "basic":  # auth schemes are case-insensitive (RFC 9110 §11.1)
             return False
         try:
-            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             return False
         user, sep, password = decoded.partition(":")
@@ -460,8 +461,13 @@ class Handler(BaseHTTPRequestHandler):
         routed = self._route()
         if routed is None:
             return
-        allow = "POST" if routed[0] == "/-/reload" else "GET, HEAD"
-        self._text(405, "Method not allowed", {"Allow": allow})
+        path = routed[0]
+        if path == "/-/reload":
+            self._text(405, "Method not allowed", {"Allow": "POST"})
+        elif path in (self.server.app.telemetry_path, "/probe", "/", "/-/healthy", "/-/ready"):
+            self._text(405, "Method not allowed", {"Allow": "GET, HEAD"})
+        else:
+            self._text(404, "Not found")
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed
 

@@ -229,6 +229,7 @@ def test_landing_health_ready_and_methods(sim: Simulator, exporter: ExporterFact
     assert run.get("/-/ready")[0] == 200
     assert run.get("/nope")[0] == 404
     assert run.get("/metrics", method="DELETE")[0] == 405
+    assert run.get("/nope", method="PUT")[0] == 404
     assert run.get("/-/reload")[0] == 405  # GET on a POST endpoint
     assert sim.request_count() == 0
 
@@ -306,6 +307,9 @@ def test_basic_auth(sim: Simulator, exporter: ExporterFactory, tmp_path: Path) -
     status, _, body = run.get("/metrics", auth("prometheus", "s3cret-pass"))
     assert status == 200 and 'docspace_up{portal="a"} 1.0' in body
     assert run.get("/-/healthy")[0] == 200  # probes work without credentials
+    # The scheme is case-insensitive.
+    assert run.get("/metrics", {"Authorization": "basic " + auth("prometheus", "s3cret-pass")[
+        "Authorization"].split(" ", 1)[1]})[0] == 200
 
 
 def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
