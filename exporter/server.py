@@ -529,6 +529,9 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
     request_queue_size = 128
+    # Each connection holds a thread; beyond this many, new ones are closed at once so slow
+    # or idle clients cannot pin unbounded threads and memory.
+    max_connections = 256
 
     def __init__(self, address: tuple[str, int], app: ExporterApp, web: WebConfig) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -537,6 +540,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self.basic_auth = BasicAuth(web.users)
         self.stopping = False
         self._conns: dict[Handler, bool] = {}
+        self._active = 0
         self._conns_lock = threading.Lock()
         super().__init__(address, Handler, bind_and_activate=False)
         if self.address_family == socket.AF_INET6 and address[0] == "::":
@@ -548,6 +552,25 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         except BaseException:
             self.server_close()
             raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conns_lock:
+            full = self._active >= self.max_connections
+            if not full:
+                self._active += 1
+        if full:
+            log.warning("too many connections; closing a new one",
+                        extra={"max_connections": self.max_connections})
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._conns_lock:
+                self._active -= 1
 
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = super().get_request()

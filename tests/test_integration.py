@@ -463,3 +463,25 @@ def test_version_flag() -> None:
     r = subprocess.run([sys.executable, "-m", "exporter", "--version"], capture_output=True,
                        text=True, timeout=30, env=dict(os.environ))
     assert r.returncode == 0 and "0.1.0" in r.stdout
+
+
+def test_connection_cap_closes_extra_connections(sim: Simulator, exporter: ExporterFactory
+                                                 ) -> None:
+    a = sim.add_portal("a", "healthy")
+    run = exporter(Config(portals=(portal_config(sim, a),)))
+    run.server.max_connections = 2
+    port = run.server.server_address[1]
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    try:
+        time.sleep(0.2)  # let the server accept both and start their threads
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+        extra.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert extra.recv(100) == b""  # closed without an answer
+        extra.close()
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and run.get("/-/healthy")[0] != 200:
+        time.sleep(0.05)
+    assert run.get("/-/healthy")[0] == 200  # the slots are free again
