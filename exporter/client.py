@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import email.utils
+import heapq
 import http.cookiejar
+import itertools
 import logging
 import socket
 import ssl
@@ -131,9 +133,7 @@ class _Watchdog:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._over = False
-        self._timer = threading.Timer(max(0.0, seconds), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        _WATCHDOGS.add(time.monotonic() + max(0.0, seconds), self)
 
     def attach(self, sock: socket.socket | None) -> None:
         if sock is None:
@@ -156,7 +156,51 @@ class _Watchdog:
     def stop(self) -> None:
         with self._lock:
             self._over = True
-        self._timer.cancel()
+
+
+class _WatchdogThread:
+    """One thread fires every call's _Watchdog at its deadline (earliest first, from a heap).
+
+    A threading.Timer per call started and cancelled a thread for every HTTP request: 3000
+    thread starts per scrape of 1000 portals, ~1.4 s of CPU. Stopped watchdogs stay in the
+    heap until their time comes (or they reach its top) and are then dropped unfired.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Watchdog]] = []
+        self._cond = threading.Condition(threading.Lock())
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, when: float, watchdog: _Watchdog) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (when, next(self._seq), watchdog))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="docspace-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            if self._heap[0][2] is watchdog:  # a new earliest deadline: re-arm the wait
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    heap = self._heap
+                    while heap and heap[0][2]._over:
+                        heapq.heappop(heap)
+                    if not heap:
+                        self._cond.wait()
+                        continue
+                    wait = heap[0][0] - time.monotonic()
+                    if wait <= 0:
+                        due = heapq.heappop(heap)[2]
+                        break
+                    self._cond.wait(wait)
+            due._fire()
+
+
+_WATCHDOGS = _WatchdogThread()
 
 
 def _shutdown(sock: socket.socket) -> None:
