@@ -25,7 +25,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter import __version__
+from exporter import __version__, exposition
 from exporter.client import wall_clock
 from exporter.collector import (
     SCRAPE_TIMEOUT_OFFSET,
@@ -481,7 +481,8 @@ class Handler(BaseHTTPRequestHandler):
             # `version=abc`), which dropped the connection without an answer; such a
             # header gets the classic text format, as an absent one does.
             encoder, content_type = choose_encoder("")
-        self._send(200, encoder(registry), content_type)
+        # Same bytes as encoder(registry), in a fraction of the CPU (exporter/exposition.py).
+        self._send(200, exposition.encode(registry, encoder), content_type)
 
     def _probe(self, query: str) -> None:
         params = parse_qs(query, keep_blank_values=True)
