@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__, metrics
 from exporter.client import DocSpaceClient, FetchError, wall_clock
-from exporter.config import Config, PortalConfig
+from exporter.config import DEFAULT_MAX_CONCURRENCY, Config, PortalConfig
 from exporter.metrics import PortalData
 from exporter.model import Task
 
@@ -46,7 +46,7 @@ class Scraper:
     def __init__(
         self,
         *,
-        max_workers: int = 128,
+        max_workers: int = DEFAULT_MAX_CONCURRENCY,
         max_requests_per_host: int = 8,
         timer: Callable[[], float] = time.monotonic,
         client_factory: Callable[..., DocSpaceClient] = DocSpaceClient,

@@ -33,7 +33,7 @@ from exporter.collector import (
     ExporterCollector,
     Scraper,
 )
-from exporter.config import Config, ConfigError
+from exporter.config import DEFAULT_MAX_CONCURRENCY, Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class ExporterApp:
         self._on_config = on_config
         self.telemetry_path = telemetry_path
         self.scraper = scraper or Scraper(
-            max_workers=config.max_concurrency if config else 128,
+            max_workers=config.max_concurrency if config else DEFAULT_MAX_CONCURRENCY,
             max_requests_per_host=config.max_requests_per_host if config else 8)
         # Built once in a scratch registry and added to each request's registry.
         scratch = CollectorRegistry()
