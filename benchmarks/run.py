@@ -3,9 +3,9 @@
 
 One command, from the repository root:
 
-    python benchmarks/run.py                 # N = 1, 10, 100, 1000 (about 4-5 minutes)
-    python benchmarks/run.py --quick         # N = 1, 10, 100, fewer runs (about 1 minute)
+    python benchmarks/run.py                 # N = 1, 10, 100, 1000 (about 4 minutes)
     python benchmarks/run.py --capacity      # also: most portals one exporter serves in 10 s
+    python benchmarks/run.py --quick         # N = 1, 10, 100, naive only to 10 (1-2 minutes)
 
 For every N it starts, each in its own process:
   * the simulator (`python -m exporter.simulator`) serving N portals, 200 ms per request;
@@ -558,13 +558,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs-large", type=int, default=3, help="warm scrapes for N >= 1000")
     ap.add_argument("--naive-max", type=int, default=100,
                     help="largest N for the sequential exporter (default %(default)s)")
-    ap.add_argument("--no-blackbox", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="N = 1,10,100; 3 runs")
+    ap.add_argument("--no-blackbox", action="store_true",
+                    help="leave prometheus-blackbox-exporter out")
+    ap.add_argument("--quick", action="store_true",
+                    help="N = 1,10,100, 3 runs, naive exporter only up to N = 10")
     ap.add_argument("--capacity", action="store_true",
                     help="also find how many portals one exporter serves within 10 s")
     ap.add_argument("--capacity-sizes", default="1000,1500,2000,2500,3000,3500",
                     help="portal counts for --capacity, tried in order until one fails")
-    ap.add_argument("--capacity-only", action="store_true")
+    ap.add_argument("--capacity-only", action="store_true", help="only the --capacity part")
     ap.add_argument("--label", default="", help="a word for the result file name")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra top-level exporter config key (e.g. max_concurrency=256)")
@@ -583,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = kv.partition("=")
         EXPORTER_ENV[key] = value
     if args.quick:
-        args.sizes, args.runs = "1,10,100", 3
+        args.sizes, args.runs, args.naive_max = "1,10,100", 3, 10
     sizes = [int(x) for x in args.sizes.split(",") if x]
 
     def log(msg: str) -> None:
