@@ -147,6 +147,8 @@ class _Watchdog:
         if sock is None:
             return
         with self._lock:
+            if self._over:
+                return
             self._sock = sock
             fired = self.fired
         if fired:
@@ -163,7 +165,11 @@ class _Watchdog:
 
     def stop(self) -> None:
         with self._lock:
+            if self._over:
+                return
             self._over = True
+            self._sock = None  # it waits in the heap until its deadline; keep nothing alive
+        _WATCHDOGS.stale += 1
 
 
 class _WatchdogThread:
@@ -171,7 +177,8 @@ class _WatchdogThread:
 
     A threading.Timer per call started and cancelled a thread for every HTTP request: 3000
     thread starts per scrape of 1000 portals, ~1.4 s of CPU. Stopped watchdogs stay in the
-    heap until their time comes (or they reach its top) and are then dropped unfired.
+    heap until their time comes (or they reach its top) and are then dropped unfired; when
+    they make up most of a large heap (long portal timeouts), it is rebuilt without them.
     """
 
     def __init__(self) -> None:
@@ -179,9 +186,14 @@ class _WatchdogThread:
         self._cond = threading.Condition(threading.Lock())
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self.stale = 0  # watchdogs stopped since the last rebuild (approximate, unlocked)
 
     def add(self, when: float, watchdog: _Watchdog) -> None:
         with self._cond:
+            if self.stale > 1024 and 2 * self.stale > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2]._over]
+                heapq.heapify(self._heap)
+                self.stale = 0
             heapq.heappush(self._heap, (when, next(self._seq), watchdog))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="docspace-watchdog",
