@@ -204,14 +204,15 @@ def test_no_portal_is_queried_twice(setup: Setup) -> None:
 
     dh.wait_until(enough, timeout=WAIT, what=f"{MIN_SCRAPES} scrapes of every portal")
     # A call is counted by the simulator when it arrives, a scrape by Prometheus when it
-    # ends: calls(before) <= scrapes + 1 and scrapes <= calls(after).
+    # ends: calls(before) <= scrapes + 1 and scrapes <= calls(after). (A scrape that a
+    # starved machine lets time out may find no call of its own: a little slack below.)
     before = {p: setup.sim.request_count(p, "schedule") for p in setup.portals}
     scrapes = {s["metric"]["instance"]: int(s["value"][1])
                for s in dh.prom_query(setup.prometheus, scrapes_query)}
     after = {p: setup.sim.request_count(p, "schedule") for p in setup.portals}
     for p in setup.portals:
         assert before[p] <= scrapes[p] + 1, (p, before[p], scrapes[p])
-        assert scrapes[p] <= after[p], (p, scrapes[p], after[p])
+        assert scrapes[p] <= after[p] + 2, (p, scrapes[p], after[p])
         for endpoint in ("backup_progress", "restore_progress"):
             assert abs(setup.sim.request_count(p, endpoint) - after[p]) <= 1, (p, endpoint)
         assert setup.sim.request_count(p, "history") == 0
