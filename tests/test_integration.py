@@ -473,7 +473,11 @@ def test_connection_cap_closes_extra_connections(sim: Simulator, exporter: Expor
     port = run.server.server_address[1]
     idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
     try:
-        time.sleep(0.2)  # let the server accept both and start their threads
+        # Wait (bounded) until the server has accepted both and counts them.
+        deadline = time.monotonic() + 10
+        while run.server._active < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert run.server._active == 2
         extra = socket.create_connection(("127.0.0.1", port), timeout=5)
         extra.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
         assert extra.recv(100) == b""  # closed without an answer
