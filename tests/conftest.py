@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import (
     ApiKeyAuth,
@@ -22,6 +21,7 @@ from exporter.config import (
 )
 from exporter.server import ExporterApp, ExporterHTTPServer, WebConfig
 from exporter.simulator import SimPortal, Simulator
+from tests.hardening_helpers import parse_samples
 
 
 @pytest.fixture
@@ -70,19 +70,6 @@ class Running:
         status, _, body = self.get(path, headers)
         assert status == 200, body
         return parse_samples(body)
-
-
-def parse_samples(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for fam in text_string_to_metric_families(body):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-          **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
 
 
 @pytest.fixture

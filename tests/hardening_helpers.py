@@ -238,13 +238,9 @@ def exporters() -> Iterator[Callable[..., RunningExporter]]:
 
 
 @pytest.fixture
-def simulator() -> Iterator[Simulator]:
-    s = Simulator("127.0.0.1", 0)
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
+def simulator(sim: Simulator) -> Simulator:
+    """conftest's `sim` (started on 127.0.0.1:0, stopped after the test), by this name."""
+    return sim
 
 
 # --- config files ------------------------------------------------------------------------------

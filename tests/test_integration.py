@@ -21,17 +21,10 @@ from freezegun import freeze_time
 from exporter.config import Config, load_config
 from exporter.server import load_web_config
 from exporter.simulator import Simulator, render_config
-from tests.conftest import Running, parse_samples, portal_config, value
+from tests.conftest import Running, portal_config
+from tests.hardening_helpers import closed_port, parse_samples, value
 
 ExporterFactory = Callable[..., Running]
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return int(port)
 
 
 def test_api_key_is_sent_as_bearer(sim: Simulator, exporter: ExporterFactory) -> None:
