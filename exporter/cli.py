@@ -84,12 +84,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(args.log_level, args.log_format)
 
     if args.config_check:
+        failed = False
+        if args.web_config:  # the web config is checked as at start-up, key by key
+            try:
+                load_web_config(args.web_config)
+            except ConfigError as exc:
+                print(f"{args.web_config}: {len(exc.problems)} problem(s):", file=sys.stderr)
+                for problem in exc.problems:
+                    print(f"  {problem}", file=sys.stderr)
+                failed = True
         try:
             cfg = load_config_file(args.config_file)
         except ConfigError as exc:
             print(f"{args.config_file}: {len(exc.problems)} problem(s):", file=sys.stderr)
             for problem in exc.problems:
                 print(f"  {problem}", file=sys.stderr)
+            return 1
+        if failed:
             return 1
         print(f"{args.config_file}: OK, {len(cfg.portals)} portal(s): "
               + ", ".join(p.name for p in cfg.portals))
@@ -144,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threading.Thread(target=server.graceful_shutdown, daemon=True).start()
 
     def on_hup(signum: int, frame: FrameType | None) -> None:
-        threading.Thread(target=app.reload, daemon=True, name="reload").start()
+        app.request_reload()  # queued for the one reload worker; last request wins
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)

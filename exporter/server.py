@@ -6,13 +6,21 @@ import base64
 import binascii
 import gzip
 import hashlib
+import hmac
 import html
+import ipaddress
 import logging
+import os
+import re
 import socket
 import ssl
+import tempfile
 import threading
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -37,35 +45,87 @@ from exporter.config import DEFAULT_MAX_CONCURRENCY, Config, ConfigError
 
 log = logging.getLogger(__name__)
 
+# --- the web config (exporter-toolkit's web-config.yml) ----------------------------------------
+#
+# Every key of exporter-toolkit's docs/web-configuration.md is either applied with the effect
+# the toolkit documents, or refused with a message naming it (README: "Web config keys").
+
+# Only the policies Python's ssl module can enforce exactly. Go's RequestClientCert and
+# RequireAnyClientCert accept a client certificate WITHOUT verifying it; OpenSSL through
+# Python always verifies a certificate that is sent, so those two are refused, not weakened
+# or strengthened behind the user's back.
 CLIENT_AUTH_TYPES = {
     "NoClientCert": ssl.CERT_NONE,
-    "RequestClientCert": ssl.CERT_OPTIONAL,
-    "RequireAnyClientCert": ssl.CERT_REQUIRED,
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
+UNVERIFIED_AUTH_TYPES = ("RequestClientCert", "RequireAnyClientCert", "RequireClientCert")
 TLS_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
     "TLS12": ssl.TLSVersion.TLSv1_2,
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
-TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version",
-            "max_version", "cipher_suites", "curve_preferences", "prefer_server_cipher_suites",
-            "client_allowed_sans"}
-# Health endpoints answer without basic auth so container and kubelet probes work; they
-# reveal nothing but "up".
-UNAUTHENTICATED_PATHS = {"/-/healthy", "/-/ready"}
+# TLS 1.0/1.1 are names the toolkit knows but OpenSSL 3 (security level 2) no longer offers.
+OLD_TLS_VERSIONS = ("TLS10", "TLS11")
+# Go's names (crypto/tls CipherSuites(), which the toolkit accepts) -> OpenSSL's names.
+CIPHER_SUITES = {
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+}
+# TLS 1.3 suites are valid names in Go's list but not configurable there either (Go and
+# OpenSSL always offer all three), so they are accepted and change nothing.
+TLS13_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                "TLS_CHACHA20_POLY1305_SHA256")
+CURVES = {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "secp521r1",
+          "X25519": "X25519"}
+TLS_KEYS = {"cert", "key", "client_ca", "cert_file", "key_file", "client_ca_file",
+            "client_auth_type", "min_version", "max_version", "cipher_suites",
+            "curve_preferences", "prefer_server_cipher_suites", "client_allowed_sans"}
+# exporter-toolkit web/handler.go extraHTTPHeaders: the only response headers it lets a
+# web config set, and the values it allows where the set is closed.
+EXTRA_HTTP_HEADERS: dict[str, tuple[str, ...]] = {
+    "Strict-Transport-Security": (),
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": (),
+    "Content-Security-Policy": (),
+}
+BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+GO_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+")
+DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
+                  "m": 60.0, "h": 3600.0}
 MAX_QUERY = 4096
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """rate_limit: a token bucket, one token every `interval` seconds, `burst` at most."""
+
+    interval: float
+    burst: int
+
+
+@dataclass(frozen=True)
 class WebConfig:
-    """exporter-toolkit's web-config.yml, the parts that apply to this exporter."""
+    """exporter-toolkit's web-config.yml, as applied by this exporter."""
 
     ssl_context: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict, repr=False)
     headers: dict[str, str] = field(default_factory=dict)
+    # Verified client certificates must carry one of these SANs (None: no such check).
+    client_allowed_sans: tuple[str, ...] | None = None
+    rate_limit: RateLimit | None = None
 
 
 def load_web_config(path: str | None) -> WebConfig:
@@ -85,51 +145,131 @@ def load_web_config(path: str | None) -> WebConfig:
         raise ConfigError([f"{path}: web config must be a mapping"])
     base = Path(path).resolve().parent
     for key in sorted(set(data) - {"tls_server_config", "basic_auth_users",
-                                   "http_server_config"}, key=str):
+                                   "http_server_config", "rate_limit"}, key=str):
         problems.append(f"{key}: unknown key")
 
-    ctx = None
+    ctx, sans = None, None
     tls = data.get("tls_server_config")
     if tls is not None:
-        ctx = _tls_context(tls, base, problems)
-
-    users: dict[str, bytes] = {}
-    raw_users = data.get("basic_auth_users")
-    if raw_users is not None:
-        if not isinstance(raw_users, dict):
-            problems.append("basic_auth_users: must be a mapping of user: bcrypt hash")
-        else:
-            for user, hashed in raw_users.items():
-                if not isinstance(user, str) or not isinstance(hashed, str) or not (
-                    hashed.startswith(("$2a$", "$2b$", "$2y$"))
-                ):
-                    problems.append(f"basic_auth_users.{user}: must be a bcrypt hash "
-                                    "($2a$/$2b$/$2y$), not a plain password")
-                    continue
-                users[user] = hashed.encode()
-
-    headers: dict[str, str] = {}
-    http_cfg = data.get("http_server_config")
-    if http_cfg is not None:
-        if not isinstance(http_cfg, dict):
-            problems.append("http_server_config: must be a mapping")
-        else:
-            for key in sorted(set(http_cfg) - {"headers", "http2"}, key=str):
-                problems.append(f"http_server_config.{key}: unknown key")
-            raw_headers = http_cfg.get("headers") or {}
-            if not isinstance(raw_headers, dict):
-                problems.append("http_server_config.headers: must be a mapping")
-            else:
-                headers = {str(k): str(v) for k, v in raw_headers.items()}
+        ctx, sans = _tls_context(tls, base, problems)
+    users = _users(data.get("basic_auth_users"), problems)
+    headers = _http_server_config(data.get("http_server_config"), problems)
+    rate_limit = _rate_limit(data.get("rate_limit"), problems)
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems])
-    return WebConfig(ssl_context=ctx, users=users, headers=headers)
+    return WebConfig(ssl_context=ctx, users=users, headers=headers, client_allowed_sans=sans,
+                     rate_limit=rate_limit)
 
 
-def _tls_context(tls: Any, base: Path, problems: list[str]) -> ssl.SSLContext | None:
+def _users(raw: Any, problems: list[str]) -> dict[str, bytes]:
+    users: dict[str, bytes] = {}
+    if raw is None:
+        return users
+    if not isinstance(raw, dict):
+        problems.append("basic_auth_users: must be a mapping of user: bcrypt hash")
+        return users
+    for user, hashed in raw.items():
+        match = BCRYPT_HASH.fullmatch(hashed) if isinstance(hashed, str) else None
+        if not isinstance(user, str) or match is None or not 4 <= int(match[1]) <= 31:
+            # The value is never echoed: it may be a plain password written by mistake.
+            problems.append(f"basic_auth_users.{user}: must be a bcrypt hash "
+                            "($2a$/$2b$/$2y$, cost 04-31, 60 characters), "
+                            "not a plain password")
+            continue
+        users[user] = hashed.encode()
+    return users
+
+
+def _http_server_config(raw: Any, problems: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if raw is None:
+        return headers
+    if not isinstance(raw, dict):
+        problems.append("http_server_config: must be a mapping")
+        return headers
+    for key in sorted(set(raw) - {"headers", "http2"}, key=str):
+        problems.append(f"http_server_config.{key}: unknown key")
+    http2 = raw.get("http2", False)
+    if not isinstance(http2, bool):
+        problems.append("http_server_config.http2: must be true or false")
+    elif http2:
+        problems.append("http_server_config.http2: HTTP/2 is not supported by this exporter "
+                        "(it serves HTTP/1.1); remove the key or set it to false")
+    raw_headers = raw.get("headers")
+    if raw_headers is None:
+        return headers
+    if not isinstance(raw_headers, dict):
+        problems.append("http_server_config.headers: must be a mapping")
+        return headers
+    for name, value in raw_headers.items():
+        where = f"http_server_config.headers.{name}"
+        if name not in EXTRA_HTTP_HEADERS:
+            problems.append(f"{where}: this header can not be configured; allowed: "
+                            + ", ".join(EXTRA_HTTP_HEADERS))
+            continue
+        if value is None:
+            value = ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            problems.append(f"{where}: must be a string")
+            continue
+        value = str(value)
+        allowed = EXTRA_HTTP_HEADERS[name]
+        if allowed and value not in allowed:
+            problems.append(f"{where}: must be one of {', '.join(allowed)}")
+        elif any(c in value for c in "\r\n\0"):
+            problems.append(f"{where}: must be one line")
+        elif value:  # "Unset if blank"
+            headers[name] = value
+    return headers
+
+
+def parse_go_duration(text: str) -> float | None:
+    """Go's time.ParseDuration for non-negative values ("1s", "1m30s", "250ms", "0")."""
+    if text == "0":
+        return 0.0
+    if not GO_DURATION.fullmatch(text):
+        return None
+    return sum(float(n) * DURATION_UNITS[u]
+               for n, u in re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)", text))
+
+
+def _rate_limit(raw: Any, problems: list[str]) -> RateLimit | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        problems.append("rate_limit: must be a mapping with interval and burst")
+        return None
+    for key in sorted(set(raw) - {"interval", "burst"}, key=str):
+        problems.append(f"rate_limit.{key}: unknown key")
+    interval_raw = raw.get("interval", "0")
+    interval = (0.0 if interval_raw == 0 else
+                parse_go_duration(interval_raw) if isinstance(interval_raw, str) else None)
+    if interval is None:
+        problems.append("rate_limit.interval: must be a duration such as 1s or 100ms "
+                        "(0 disables the limit)")
+        return None
+    burst = raw.get("burst", 0)
+    if not isinstance(burst, int) or isinstance(burst, bool) or burst < 0:
+        problems.append("rate_limit.burst: must be a whole number >= 0")
+        return None
+    if interval == 0:
+        return None
+    if burst < 1:
+        # Go's limiter with burst 0 refuses every request: refuse the config instead.
+        problems.append("rate_limit.burst: must be at least 1 when an interval is set "
+                        "(0 would answer every request with 429)")
+        return None
+    return RateLimit(interval=interval, burst=burst)
+
+
+def _tls_context(tls: Any, base: Path, problems: list[str]
+                 ) -> tuple[ssl.SSLContext | None, tuple[str, ...] | None]:
     if not isinstance(tls, dict):
         problems.append("tls_server_config: must be a mapping")
-        return None
+        return None, None
+    if not tls:
+        return None, None  # as in the toolkit: nothing set, plain HTTP
+    n_before = len(problems)
     for key in sorted(set(tls) - TLS_KEYS, key=str):
         problems.append(f"tls_server_config.{key}: unknown key")
 
@@ -145,91 +285,332 @@ def _tls_context(tls: Any, base: Path, problems: list[str]) -> ssl.SSLContext | 
             return None
         return str(p)
 
-    cert, key = file_of("cert_file"), file_of("key_file")
-    if "cert_file" not in tls or "key_file" not in tls:
-        problems.append("tls_server_config: cert_file and key_file are both required")
-    client_ca = file_of("client_ca_file")
-    auth_type = tls.get("client_auth_type", "NoClientCert" if client_ca is None else
-                        "RequireAndVerifyClientCert")
-    if auth_type not in CLIENT_AUTH_TYPES:
-        problems.append(f"tls_server_config.client_auth_type: must be one of "
-                        f"{', '.join(CLIENT_AUTH_TYPES)}")
-        return None
-    if auth_type in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert") and not client_ca:
-        problems.append(f"tls_server_config.client_auth_type: {auth_type} needs client_ca_file")
-    if cert is None or key is None or problems:
-        return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    for k, attr in (("min_version", "minimum_version"), ("max_version", "maximum_version")):
-        if k in tls:
-            if tls[k] not in TLS_VERSIONS:
-                problems.append(f"tls_server_config.{k}: must be one of {', '.join(TLS_VERSIONS)}")
-                return None
-            setattr(ctx, attr, TLS_VERSIONS[tls[k]])
-    try:
-        ctx.load_cert_chain(cert, key)
-    except (ssl.SSLError, OSError):
-        problems.append("tls_server_config: cert_file/key_file are not a matching PEM "
-                        "certificate and key")
-        return None
-    if client_ca:
-        try:
-            ctx.load_verify_locations(client_ca)
-        except (ssl.SSLError, OSError):
-            problems.append("tls_server_config.client_ca_file: not a PEM certificate")
+    def text_of(key: str) -> str | None:
+        value = tls.get(key)
+        if value is None:
             return None
+        if not isinstance(value, str) or "-----BEGIN" not in value:
+            problems.append(f"tls_server_config.{key}: must be PEM text")
+            return None
+        return value
+
+    for inline, file_key in (("cert", "cert_file"), ("key", "key_file"),
+                             ("client_ca", "client_ca_file")):
+        if inline in tls and file_key in tls:
+            problems.append(f"tls_server_config: set {inline} or {file_key}, not both")
+    cert, key = file_of("cert_file"), file_of("key_file")
+    cert_text, key_text = text_of("cert"), text_of("key")
+    client_ca, client_ca_text = file_of("client_ca_file"), text_of("client_ca")
+    if "cert_file" not in tls and "cert" not in tls:
+        problems.append("tls_server_config: missing one of cert or cert_file")
+    if "key_file" not in tls and "key" not in tls:
+        problems.append("tls_server_config: missing one of key or key_file")
+    has_ca = "client_ca_file" in tls or "client_ca" in tls
+
+    auth_type = tls.get("client_auth_type") or "NoClientCert"
+    if auth_type in UNVERIFIED_AUTH_TYPES:
+        problems.append(f"tls_server_config.client_auth_type: {auth_type} (a client "
+                        "certificate accepted without verification) is not supported; use "
+                        "RequireAndVerifyClientCert or VerifyClientCertIfGiven")
+    elif auth_type not in CLIENT_AUTH_TYPES:
+        problems.append("tls_server_config.client_auth_type: must be one of "
+                        f"{', '.join(CLIENT_AUTH_TYPES)}")
+    elif auth_type == "NoClientCert" and has_ca:
+        problems.append("tls_server_config.client_auth_type: a client CA is configured "
+                        "without a client auth policy; set RequireAndVerifyClientCert")
+    elif auth_type != "NoClientCert" and not has_ca:
+        problems.append(f"tls_server_config.client_auth_type: {auth_type} needs "
+                        "client_ca_file (or client_ca)")
+
+    sans = tls.get("client_allowed_sans")
+    allowed_sans: tuple[str, ...] | None = None
+    if sans is not None:
+        if not isinstance(sans, list) or not all(isinstance(s, str) and s for s in sans):
+            problems.append("tls_server_config.client_allowed_sans: must be a list of names")
+        elif auth_type not in ("RequireAndVerifyClientCert", "VerifyClientCertIfGiven"):
+            problems.append("tls_server_config.client_allowed_sans: needs client_auth_type "
+                            "RequireAndVerifyClientCert: the SANs of a certificate nobody "
+                            "verified prove nothing")
+        else:
+            allowed_sans = tuple(sans)
+
+    versions: dict[str, ssl.TLSVersion] = {}
+    for k, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
+        v = tls.get(k, default)
+        if v in OLD_TLS_VERSIONS:
+            problems.append(f"tls_server_config.{k}: {v} is not offered by this exporter "
+                            "(OpenSSL 3 disables TLS 1.0/1.1); use TLS12 or TLS13")
+        elif v not in TLS_VERSIONS:
+            problems.append(f"tls_server_config.{k}: must be one of TLS12, TLS13")
+        else:
+            versions[k] = TLS_VERSIONS[v]
+    if len(versions) == 2 and versions["min_version"] > versions["max_version"]:
+        problems.append("tls_server_config: min_version is above max_version")
+
+    ciphers = _cipher_list(tls, versions.get("min_version"), problems)
+    prefer = tls.get("prefer_server_cipher_suites", True)
+    if not isinstance(prefer, bool):
+        problems.append("tls_server_config.prefer_server_cipher_suites: must be true or false")
+    curve = _curve(tls, problems)
+
+    if len(problems) > n_before:
+        return None, None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = versions["min_version"]
+    ctx.maximum_version = versions["max_version"]
+    if ciphers:
+        ctx.set_ciphers(":".join(ciphers))
+    # Python sets OP_CIPHER_SERVER_PREFERENCE on server contexts; the key decides.
+    if prefer:
+        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    if curve is not None:
+        ctx.set_ecdh_curve(curve)  # OpenSSL 3: the only group offered, TLS 1.2 and 1.3
+    if not _load_cert(ctx, cert, key, cert_text, key_text, problems):
+        return None, None
+    if client_ca or client_ca_text:
+        try:
+            if client_ca:
+                ctx.load_verify_locations(cafile=client_ca)
+            else:
+                ctx.load_verify_locations(cadata=client_ca_text)
+        except (ssl.SSLError, OSError, ValueError):
+            k = "client_ca_file" if client_ca else "client_ca"
+            problems.append(f"tls_server_config.{k}: not a PEM certificate")
+            return None, None
     ctx.verify_mode = CLIENT_AUTH_TYPES[auth_type]
-    return ctx
+    return ctx, allowed_sans
+
+
+def _cipher_list(tls: dict[str, Any], min_version: ssl.TLSVersion | None,
+                 problems: list[str]) -> list[str]:
+    raw = tls.get("cipher_suites")
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not raw:
+        problems.append("tls_server_config.cipher_suites: must be a list of cipher suite names")
+        return []
+    out: list[str] = []
+    for name in raw:
+        if name in CIPHER_SUITES:
+            out.append(CIPHER_SUITES[name])
+        elif name not in TLS13_SUITES:
+            problems.append(f"tls_server_config.cipher_suites: unknown cipher {name!s:.80}; "
+                            "known: " + ", ".join([*CIPHER_SUITES, *TLS13_SUITES]))
+    if not out and all(n in TLS13_SUITES for n in raw) and min_version != TLS_VERSIONS["TLS13"]:
+        # Go would then offer TLS 1.2 with no cipher at all (every TLS 1.2 client fails);
+        # say so instead of serving a configuration that cannot work.
+        problems.append("tls_server_config.cipher_suites: lists only TLS 1.3 suites, which "
+                        "are not configurable (TLS 1.3 offers all three); list TLS 1.2 suites "
+                        "or set min_version: TLS13 and drop the key")
+    return out
+
+
+def _curve(tls: dict[str, Any], problems: list[str]) -> str | None:
+    raw = tls.get("curve_preferences")
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw:
+        problems.append("tls_server_config.curve_preferences: must be a list of curve names")
+        return None
+    unknown = [c for c in raw if c not in CURVES]
+    if unknown:
+        problems.append(f"tls_server_config.curve_preferences: unknown curve {unknown[0]!s:.80}; "
+                        f"known: {', '.join(CURVES)}")
+        return None
+    if len(raw) > 1:
+        # Python's ssl sets exactly one group (SSLContext.set_ecdh_curve); a preference
+        # order of several cannot be honoured, so it is refused rather than cut to one.
+        problems.append("tls_server_config.curve_preferences: only one curve is supported "
+                        "by this exporter (Python's ssl sets a single group); list one")
+        return None
+    return CURVES[raw[0]]
+
+
+def _load_cert(ctx: ssl.SSLContext, cert: str | None, key: str | None, cert_text: str | None,
+               key_text: str | None, problems: list[str]) -> bool:
+    """load_cert_chain takes only paths: inline PEM goes through a private temporary
+    directory that is removed at once."""
+    with tempfile.TemporaryDirectory(prefix="web-config-") as tmp:
+        if cert is None and cert_text is not None:
+            cert = os.path.join(tmp, "cert.pem")
+            Path(cert).write_text(cert_text, encoding="utf-8")
+        if key is None and key_text is not None:
+            key = os.path.join(tmp, "key.pem")
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(key_text)
+        if cert is None or key is None:
+            return False
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError):
+            problems.append("tls_server_config: the certificate and key are not a matching "
+                            "PEM certificate and key")
+            return False
+    return True
+
+
+def peer_sans(cert: dict[str, Any] | None) -> list[str]:
+    """The SANs of a verified peer certificate, written as Go's x509 writes them (the
+    toolkit compares DNS names, e-mail addresses, IP addresses and URIs as strings)."""
+    out: list[str] = []
+    for kind, value in (cert or {}).get("subjectAltName", ()):
+        if kind in ("DNS", "email", "URI"):
+            out.append(value)
+        elif kind == "IP Address":
+            try:
+                out.append(str(ipaddress.ip_address(value.strip())))
+            except ValueError:
+                continue
+    return out
+
+
+class TokenBucket:
+    """golang.org/x/time/rate.Limiter.Allow(): `burst` tokens, one more every interval."""
+
+    def __init__(self, limit: RateLimit, timer: Callable[[], float] = time.monotonic) -> None:
+        self._rate = 1.0 / limit.interval
+        self._burst = float(limit.burst)
+        self._tokens = float(limit.burst)
+        self._timer = timer
+        self._last = timer()
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        with self._lock:
+            now = self._timer()
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+            self._last = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            return False
 
 
 class BasicAuth:
-    """bcrypt check with a cache of recent successes: bcrypt costs ~50-250 ms by design,
-    and Prometheus presents the same credentials every scrape (exporter-toolkit caches too)."""
+    """basic_auth_users, checked as exporter-toolkit does, plus bounds.
 
-    def __init__(self, users: dict[str, bytes]) -> None:
+    - An unknown user is checked against a dummy hash of the same cost as the real ones, so
+      the answer time does not tell which user names exist.
+    - bcrypt runs one at a time (a lock): it costs ~70 ms of CPU at cost 10 by design, and
+      parallel wrong passwords would otherwise take every core.
+    - Results are cached by an HMAC of user, password and hash (never the password itself):
+      successes for SUCCESS_TTL after their last use, failures for FAILURE_TTL, in separate
+      bounded maps so a flood of wrong passwords can never push out a good client's entry.
+    """
+
+    SUCCESS_TTL = 600.0
+    FAILURE_TTL = 60.0
+    MAX_SUCCESSES = 100
+    MAX_FAILURES = 1000
+
+    def __init__(self, users: dict[str, bytes],
+                 timer: Callable[[], float] = time.monotonic) -> None:
         self._users = users
-        self._ok: set[bytes] = set()
-        self._lock = threading.Lock()
+        self._timer = timer
+        self._key = os.urandom(32)  # per process: cache keys are useless outside it
+        self._ok: OrderedDict[bytes, float] = OrderedDict()
+        self._failed: OrderedDict[bytes, float] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._bcrypt_lock = threading.Lock()
+        self._dummy = self._dummy_hash(users) if users else b""
+
+    def __repr__(self) -> str:
+        return f"BasicAuth(users={len(self._users)})"
+
+    @staticmethod
+    def _dummy_hash(users: dict[str, bytes]) -> bytes:
+        """A hash of a random password at the cost most users have (ties: the higher)."""
+        import bcrypt  # imported lazily: only needed with basic_auth_users
+
+        costs: Counter[int] = Counter()
+        for hashed in users.values():
+            match = BCRYPT_HASH.fullmatch(hashed.decode("ascii", "replace"))
+            costs[int(match[1]) if match else 10] += 1
+        cost = max(costs, key=lambda c: (costs[c], c))
+        return bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(rounds=cost))
 
     @property
     def enabled(self) -> bool:
         return bool(self._users)
 
     def check(self, header: str | None) -> bool:
-        scheme, _, credentials = (header or "").strip().partition(" ")
-        if scheme.lower() != "basic":  # auth schemes are case-insensitive (RFC 9110 §11.1)
+        credentials = parse_basic(header)
+        if credentials is None:
             return False
-        try:
-            decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return False
-        user, sep, password = decoded.partition(":")
-        if not sep:
-            return False
-        hashed = self._users.get(user)
-        if hashed is None:
-            return False
-        key = hashlib.sha256(b"\0".join([user.encode(), password.encode(), hashed])).digest()
-        with self._lock:
-            if key in self._ok:
-                return True
-        import bcrypt  # imported lazily: only needed with basic_auth_users
+        user, password = credentials
+        known = user in self._users
+        hashed = self._users.get(user, self._dummy)
+        key = hmac.new(self._key, b"\0".join([
+            str(len(user)).encode(), user.encode("utf-8", "surrogatepass"),
+            password.encode("utf-8", "surrogatepass"), hashed]), hashlib.sha256).digest()
+        cached = self._cached(key)
+        if cached is None:
+            with self._bcrypt_lock:
+                # Another thread may have checked the same credentials while this one
+                # waited: one bcrypt serves them all.
+                cached = self._cached(key)
+                if cached is None:
+                    cached = _bcrypt_ok(password, hashed) and known
+                    self._store(key, cached)
+        return cached and known
 
-        try:
-            good = bcrypt.checkpw(password.encode(), hashed)
-        except ValueError:
-            return False
-        if good:
-            with self._lock:
-                if len(self._ok) > 1000:
-                    self._ok.clear()
-                self._ok.add(key)
-        return good
+    def _cached(self, key: bytes) -> bool | None:
+        now = self._timer()
+        with self._cache_lock:
+            for store, ttl, result in ((self._ok, self.SUCCESS_TTL, True),
+                                       (self._failed, self.FAILURE_TTL, False)):
+                stamp = store.get(key)
+                if stamp is None:
+                    continue
+                if now - stamp > ttl:
+                    del store[key]
+                    continue
+                if result:  # a success lives on while it is used
+                    store[key] = now
+                    store.move_to_end(key)
+                return result
+        return None
+
+    def _store(self, key: bytes, good: bool) -> None:
+        store, limit = (self._ok, self.MAX_SUCCESSES) if good else (self._failed,
+                                                                      self.MAX_FAILURES)
+        with self._cache_lock:
+            store[key] = self._timer()
+            store.move_to_end(key)
+            while len(store) > limit:
+                store.popitem(last=False)  # the least recently used
+
+
+def parse_basic(header: str | None) -> tuple[str, str] | None:
+    """`Basic base64(user:password)` -> (user, password); None for anything else."""
+    scheme, _, credentials = (header or "").strip().partition(" ")
+    if scheme.lower() != "basic":  # auth schemes are case-insensitive (RFC 9110 §11.1)
+        return None
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+def _bcrypt_ok(password: str, hashed: bytes) -> bool:
+    import bcrypt
+
+    try:
+        return bool(bcrypt.checkpw(password.encode(), hashed))
+    except ValueError:  # longer than 72 bytes, a NUL, a malformed hash: no match, as in Go
+        return False
 
 
 class ExporterApp:
     """The running exporter: current config, reload state, scraper, self metrics."""
+
+    # How long POST /-/reload waits for its reload before answering 503.
+    RELOAD_WAIT = 60.0
 
     def __init__(self, config: Config | None, *, loader: Callable[[], Config] | None = None,
                  scraper: Scraper | None = None, clock: Callable[[], float] | None = None,
@@ -242,6 +623,14 @@ class ExporterApp:
         self._reload_ok = config is not None
         self._reload_ts: float | None = clock() if config is not None else None
         self._on_config = on_config
+        # Reloads: requests are numbered; one worker thread at a time runs the loader for
+        # the newest request and answers every request up to it (last request wins). An
+        # RLock, because SIGHUP's handler may interrupt the main thread anywhere.
+        self._reload_cond = threading.Condition(threading.RLock())
+        self._reload_requested = 0
+        self._reload_done = 0
+        self._reload_result: list[str] = []
+        self._reload_worker: threading.Thread | None = None
         self.telemetry_path = telemetry_path
         self.scraper = scraper or Scraper(
             max_workers=config.max_concurrency if config else DEFAULT_MAX_CONCURRENCY,
@@ -262,9 +651,50 @@ class ExporterApp:
         with self._lock:
             return self._reload_ok, self._reload_ts, self._config
 
+    # -- reloads ------------------------------------------------------------------------------
+
+    def request_reload(self) -> int:
+        """Ask for a reload (SIGHUP, POST /-/reload); returns a ticket for wait_reload().
+        Never blocks on a running reload: safe in a signal handler."""
+        with self._reload_cond:
+            self._reload_requested += 1
+            ticket = self._reload_requested
+            if self._reload_worker is None:
+                self._reload_worker = threading.Thread(target=self._reload_loop,
+                                                       name="reload", daemon=True)
+                self._reload_worker.start()
+            return ticket
+
+    def wait_reload(self, ticket: int, timeout: float | None = None) -> list[str] | None:
+        """The problems of the reload that served `ticket` (empty: success), or None if it
+        has not finished within `timeout`."""
+        with self._reload_cond:
+            if not self._reload_cond.wait_for(lambda: self._reload_done >= ticket, timeout):
+                return None
+            return list(self._reload_result)
+
     def reload(self) -> list[str]:
-        """Load the config again. Returns the problems (empty on success); on failure the
+        """Reload and wait for it. Returns the problems (empty on success); on failure the
         old config keeps serving."""
+        result = self.wait_reload(self.request_reload())
+        assert result is not None  # no timeout
+        return result
+
+    def _reload_loop(self) -> None:
+        while True:
+            with self._reload_cond:
+                if self._reload_done >= self._reload_requested:
+                    self._reload_worker = None
+                    return
+                target = self._reload_requested
+            problems = self._reload_now()
+            with self._reload_cond:
+                self._reload_done = target
+                self._reload_result = problems
+                self._reload_cond.notify_all()
+
+    def _reload_now(self) -> list[str]:
+        """The loader and the swap; only ever run by the reload worker, one at a time."""
         if self._loader is None:
             return ["this exporter runs without a config file (--demo); nothing to reload"]
         try:
@@ -324,13 +754,42 @@ def scrape_timeout_from(header: str | None) -> float | None:
     return max(0.1, value - SCRAPE_TIMEOUT_OFFSET)
 
 
+@dataclass(frozen=True)
+class Route:
+    """One path: the methods it answers and the handler method that answers them."""
+
+    methods: tuple[str, ...]
+    answer: Callable[[Handler, str], None]  # (handler, query string)
+    auth: bool = True  # basic auth applies (when basic_auth_users is set)
+
+
+def default_routes(telemetry_path: str) -> dict[str, Route]:
+    """The route table: every path the exporter answers. 404, 405 and Allow come from it."""
+    get = ("GET", "HEAD")
+    # Health endpoints answer without basic auth so container and kubelet probes work;
+    # they reveal nothing but "up".
+    return {
+        telemetry_path: Route(get, lambda h, q: h._metrics(None)),
+        "/probe": Route(get, lambda h, q: h._probe(q)),
+        "/": Route(get, lambda h, q: h._landing()),
+        "/-/healthy": Route(get, lambda h, q: h._text(200, "Healthy"), auth=False),
+        "/-/ready": Route(get, lambda h, q: h._ready(), auth=False),
+        "/-/reload": Route(("POST",), lambda h, q: h._reload()),
+    }
+
+
 class Handler(BaseHTTPRequestHandler):
     server: ExporterHTTPServer
     protocol_version = "HTTP/1.1"
     server_version = f"docspace-backup-exporter/{__version__}"
-    sys_version = ""
+    # A request line without a version is not HTTP/0.9 here: it gets a 400 with a status
+    # line (the base class would answer a bare body, as HTTP/0.9 did).
+    default_request_version = "HTTP/1.0"
     # Idle keep-alive connections and slow clients are dropped after this long.
     timeout = 120
+
+    def version_string(self) -> str:
+        return self.server_version  # the base class appends " " + sys_version
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("http " + format % args)
@@ -346,6 +805,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        try:
+            # Each answer is one write; without Nagle it leaves at once instead of waiting
+            # for the client's delayed ACK of the previous packet (~40 ms per request).
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         self.server.track(self, busy=False)
 
     def finish(self) -> None:
@@ -354,14 +819,38 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             self.server.untrack(self)
 
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if len(self.requestline.split()) < 3:
+            self.send_error(400, "Bad request: the request line has no HTTP version")
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """The base class's errors (bad request line, 414, 431, 501) as plain text like
+        every other answer, not Python's HTML page."""
+        self.close_connection = True
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
+        text = phrase if not message or message == phrase else f"{phrase}: {message[:200]}"
+        self._text(code, text, {"Connection": "close"})
+
     # -- plumbing ---------------------------------------------------------------------
 
     def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
               extra: dict[str, str] | None = None) -> None:
+        """Status line, headers and body in ONE write: separate small writes make the
+        second wait for the client's delayed ACK on a kept-alive connection."""
+        headers = getattr(self, "headers", None)
         if (
             len(body) > 1024
-            and "gzip" in (self.headers.get("Accept-Encoding") or "")
             and code == 200
+            and headers is not None
+            and "gzip" in (headers.get("Accept-Encoding") or "")
         ):
             body = gzip.compress(body, compresslevel=5)
             extra = dict(extra or {}, **{"Content-Encoding": "gzip"})
@@ -372,104 +861,78 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         for k, v in (extra or {}).items():
             self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        if self.close_connection and "Connection" not in (extra or {}):
+            # Say so: the client must not send its next request on this connection.
+            self.send_header("Connection", "close")
+        head = b"".join(getattr(self, "_headers_buffer", [])) + b"\r\n"
+        self._headers_buffer: list[bytes] = []
+        self.wfile.write(head if self.command == "HEAD" else head + body)
 
     def _text(self, code: int, text: str, extra: dict[str, str] | None = None) -> None:
         self._send(code, (text.rstrip("\n") + "\n").encode(), extra=extra)
 
-    def _authorized(self, path: str) -> bool:
+    def _authorized(self) -> bool:
         auth = self.server.basic_auth
-        if not auth.enabled or path in UNAUTHENTICATED_PATHS:
-            return True
         if auth.check(self.headers.get("Authorization")):
             return True
         self._text(401, "Unauthorized",
                    {"WWW-Authenticate": 'Basic realm="docspace-backup-exporter"'})
         return False
 
-    def _route(self) -> tuple[str, str] | None:
-        if len(self.path) > MAX_QUERY:
-            self._text(414, "URI too long")
-            return None
-        parts = urlsplit(self.path)
-        return parts.path or "/", parts.query
-
-    # -- methods ----------------------------------------------------------------------
-
-    def do_GET(self) -> None:  # noqa: N802
-        routed = self._route()
-        if routed is None:
-            return
-        path, query = routed
-        if path == "/-/reload":
-            self._text(405, "Use POST to reload", {"Allow": "POST"})
-            return
-        if not self._authorized(path):
-            return
-        app = self.server.app
-        try:
-            if path == app.telemetry_path:
-                self._metrics(None)
-            elif path == "/probe":
-                self._probe(query)
-            elif path == "/":
-                self._landing()
-            elif path == "/-/healthy":
-                self._text(200, "Healthy")
-            elif path == "/-/ready":
-                if app.config is not None:
-                    self._text(200, "Ready")
-                else:
-                    self._text(503, "Not ready: no config loaded")
-            else:
-                self._text(404, "Not found")
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-    do_HEAD = do_GET
-
-    def do_POST(self) -> None:  # noqa: N802
-        routed = self._route()
-        if routed is None:
-            return
-        path, _ = routed
-        # Drain any request body so the connection stays usable.
+    def _drain_body(self) -> None:
+        """Read a request body so the connection stays usable (or close it if too big)."""
         length = self.headers.get("Content-Length")
         if length and length.isdigit() and int(length) <= 65536:
             self.rfile.read(int(length))
-        elif length:
+        elif length or self.headers.get("Transfer-Encoding"):
             self.close_connection = True
-        if path != "/-/reload":
-            known = path in (self.server.app.telemetry_path, "/probe", "/", "/-/healthy",
-                             "/-/ready")
-            if known:
-                self._text(405, "Method not allowed", {"Allow": "GET, HEAD"})
-            else:
+
+    # -- dispatch: every method goes through the route table ----------------------------
+
+    def _dispatch(self) -> None:
+        try:
+            self._drain_body()
+            limiter = self.server.limiter
+            if limiter is not None and not limiter.allow():
+                self._text(429, "Too Many Requests")
+                return
+            if len(self.path) > MAX_QUERY:
+                self._text(414, "URI too long")
+                return
+            parts = urlsplit(self.path)
+            path, query = parts.path or "/", parts.query
+            route = self.server.routes.get(path)
+            needs_auth = self.server.basic_auth.enabled and (route is None or route.auth)
+            if needs_auth and not self._authorized():
+                return
+            if route is None:
                 self._text(404, "Not found")
-            return
-        if not self._authorized(path):
-            return
-        problems = self.server.app.reload()
-        if problems:
+            elif self.command not in route.methods:
+                self._text(405, "Method not allowed", {"Allow": ", ".join(route.methods)})
+            else:
+                route.answer(self, query)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
+
+    # -- answers ----------------------------------------------------------------------
+
+    def _ready(self) -> None:
+        if self.server.app.config is not None:
+            self._text(200, "Ready")
+        else:
+            self._text(503, "Not ready: no config loaded")
+
+    def _reload(self) -> None:
+        app = self.server.app
+        problems = app.wait_reload(app.request_reload(), timeout=app.RELOAD_WAIT)
+        if problems is None:
+            self._text(503, "reload still running; see the reload metrics for its result")
+        elif problems:
             self._text(500, "failed to reload config:\n" + "\n".join(problems))
         else:
             self._text(200, "config reloaded")
-
-    def _method_not_allowed(self) -> None:
-        routed = self._route()
-        if routed is None:
-            return
-        path = routed[0]
-        if path == "/-/reload":
-            self._text(405, "Method not allowed", {"Allow": "POST"})
-        elif path in (self.server.app.telemetry_path, "/probe", "/", "/-/healthy", "/-/ready"):
-            self._text(405, "Method not allowed", {"Allow": "GET, HEAD"})
-        else:
-            self._text(404, "Not found")
-
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed
 
     def _metrics(self, target: str | None) -> None:
         timeout = scrape_timeout_from(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"))
@@ -539,6 +1002,9 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self.app = app
         self.web = web
         self.basic_auth = BasicAuth(web.users)
+        self.limiter = TokenBucket(web.rate_limit) if web.rate_limit else None
+        # The route table; more routes may be added before serving (add_route).
+        self.routes: dict[str, Route] = default_routes(app.telemetry_path)
         self.stopping = False
         self._conns: dict[Handler, bool] = {}
         self._active = 0
@@ -553,6 +1019,10 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         except BaseException:
             self.server_close()
             raise
+
+    def add_route(self, path: str, methods: tuple[str, ...],
+                  answer: Callable[[Handler, str], None], *, auth: bool = True) -> None:
+        self.routes[path] = Route(methods, answer, auth)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._conns_lock:
@@ -588,6 +1058,15 @@ class ExporterHTTPServer(ThreadingHTTPServer):
             except (ssl.SSLError, OSError) as exc:
                 log.debug("TLS handshake failed", extra={"err": type(exc).__name__})
                 return
+            allowed = self.web.client_allowed_sans
+            if allowed is not None:
+                # exporter-toolkit's VerifyPeerCertificate: the (verified) client
+                # certificate must carry one of the listed SANs, else no HTTP at all.
+                sans = peer_sans(request.getpeercert())
+                if not any(s in allowed for s in sans):
+                    log.debug("client certificate has none of client_allowed_sans",
+                              extra={"sans": len(sans)})
+                    return
         super().finish_request(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
