@@ -499,6 +499,7 @@ class BasicAuth:
     - Results are cached by an HMAC of user, password and hash (never the password itself):
       successes for SUCCESS_TTL after their last use, failures for FAILURE_TTL, in separate
       bounded maps so a flood of wrong passwords can never push out a good client's entry.
+    - A failure, cached or not, takes at least as long as one bcrypt (a sleep, no CPU).
     """
 
     SUCCESS_TTL = 600.0
@@ -515,7 +516,10 @@ class BasicAuth:
         self._failed: OrderedDict[bytes, float] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._bcrypt_lock = threading.Lock()
+        started = time.monotonic()
         self._dummy = self._dummy_hash(users) if users else b""
+        # What one bcrypt of that cost takes here: the least time a failure answers in.
+        self._bcrypt_seconds = time.monotonic() - started if users else 0.0
 
     def __repr__(self) -> str:
         return f"BasicAuth(users={len(self._users)})"
@@ -546,6 +550,7 @@ class BasicAuth:
         key = hmac.new(self._key, b"\0".join([
             str(len(user)).encode(), user.encode("utf-8", "surrogatepass"),
             password.encode("utf-8", "surrogatepass"), hashed]), hashlib.sha256).digest()
+        started = time.monotonic()
         cached = self._cached(key)
         if cached is None:
             with self._bcrypt_lock:
@@ -555,6 +560,13 @@ class BasicAuth:
                 if cached is None:
                     cached = _bcrypt_ok(password, hashed) and known
                     self._store(key, cached)
+        if not cached:
+            # A failure never answers sooner than a bcrypt would: a repeated wrong password
+            # looks like a new one, and a flood of them costs this thread a sleep instead of
+            # the CPU of thousands of cached 401s a second.
+            rest = self._bcrypt_seconds - (time.monotonic() - started)
+            if rest > 0:
+                time.sleep(rest)
         return cached and known
 
     def _cached(self, key: bytes) -> bool | None:

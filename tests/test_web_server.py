@@ -462,3 +462,21 @@ def test_route_table_answers_404_405_and_allow(plain: RunningExporter) -> None:
         answer = plain.get(path, method=method)
         assert answer.status == 405, (method, path)
         assert answer.headers["allow"] == allow
+
+
+def test_a_failure_answers_no_sooner_than_a_bcrypt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached failure waits (sleeps) for the rest of one bcrypt's time: a repeated wrong
+    password is not told apart from a new one, and costs a sleep, not CPU."""
+    import exporter.server as server_module
+
+    auth = BasicAuth({"prom": bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4))})
+    auth._bcrypt_seconds = 5.0
+    sleeps: list[float] = []
+    monkeypatch.setattr(server_module.time, "sleep", sleeps.append)
+    assert not auth.check(basic("prom", "wrong"))  # bcrypt, then the rest of 5 s
+    assert not auth.check(basic("prom", "wrong"))  # cached: the whole 5 s
+    assert not auth.check(basic("nobody", "wrong"))
+    assert len(sleeps) == 3 and all(4.0 < s <= 5.0 for s in sleeps), sleeps
+    assert auth.check(basic("prom", "right"))
+    assert auth.check(basic("prom", "right"))
+    assert len(sleeps) == 3  # successes never wait
