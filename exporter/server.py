@@ -308,6 +308,8 @@ def _tls_context(tls: Any, base: Path, problems: list[str]
     has_ca = "client_ca_file" in tls or "client_ca" in tls
 
     auth_type = tls.get("client_auth_type") or "NoClientCert"
+    if not isinstance(auth_type, str):
+        auth_type = "?"  # reported below as not one of the policies
     if auth_type in UNVERIFIED_AUTH_TYPES:
         problems.append(f"tls_server_config.client_auth_type: {auth_type} (a client "
                         "certificate accepted without verification) is not supported; use "
@@ -337,7 +339,9 @@ def _tls_context(tls: Any, base: Path, problems: list[str]
     versions: dict[str, ssl.TLSVersion] = {}
     for k, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
         v = tls.get(k, default)
-        if v in OLD_TLS_VERSIONS:
+        if not isinstance(v, str):
+            problems.append(f"tls_server_config.{k}: must be one of TLS12, TLS13")
+        elif v in OLD_TLS_VERSIONS:
             problems.append(f"tls_server_config.{k}: {v} is not offered by this exporter "
                             "(OpenSSL 3 disables TLS 1.0/1.1); use TLS12 or TLS13")
         elif v not in TLS_VERSIONS:
@@ -393,7 +397,7 @@ def _cipher_list(tls: dict[str, Any], min_version: ssl.TLSVersion | None,
         return []
     out: list[str] = []
     for name in raw:
-        if name in CIPHER_SUITES:
+        if isinstance(name, str) and name in CIPHER_SUITES:
             out.append(CIPHER_SUITES[name])
         elif name not in TLS13_SUITES:
             problems.append(f"tls_server_config.cipher_suites: unknown cipher {name!s:.80}; "
@@ -414,7 +418,7 @@ def _curve(tls: dict[str, Any], problems: list[str]) -> str | None:
     if not isinstance(raw, list) or not raw:
         problems.append("tls_server_config.curve_preferences: must be a list of curve names")
         return None
-    unknown = [c for c in raw if c not in CURVES]
+    unknown = [c for c in raw if not isinstance(c, str) or c not in CURVES]
     if unknown:
         problems.append(f"tls_server_config.curve_preferences: unknown curve {unknown[0]!s:.80}; "
                         f"known: {', '.join(CURVES)}")

@@ -359,3 +359,27 @@ def test_config_check_validates_the_web_config(tmp_path: Path, pki: Pki) -> None
                           str(cfg), "--web.config.file", str(web)], capture_output=True,
                          text=True, cwd=ROOT, timeout=60)
     assert run.returncode == 0, run.stderr
+
+
+WRONG_VALUES: list[object] = [None, True, 0, 7, -1, 1.5, "", "x", [], {}, [[1]], [{"a": 1}],
+                              {"a": [1]}, ["TLS12"], "TLS12"]
+
+
+@pytest.mark.parametrize("key", sorted(ROWS))
+def test_any_value_of_any_key_is_a_config_error_never_a_crash(
+        key: str, tmp_path: Path, pki: Pki) -> None:
+    import yaml
+
+    for value in WRONG_VALUES:
+        section, _, leaf = key.partition(".")
+        doc: dict[str, object] = {section: {leaf: value} if leaf else value}
+        if section == "tls_server_config" and leaf not in ("cert_file", "key_file", "cert",
+                                                           "key"):
+            doc[section] = {"cert_file": str(pki.server_cert),
+                            "key_file": str(pki.server_key), leaf: value}
+        path = tmp_path / "web.yml"
+        path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+        try:
+            load_web_config(str(path))
+        except ConfigError as exc:
+            assert exc.problems and all(isinstance(p, str) for p in exc.problems)
