@@ -102,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         if failed:
             return 1
+        if args.web_config:
+            print(f"{args.web_config}: OK")
         print(f"{args.config_file}: OK, {len(cfg.portals)} portal(s): "
               + ", ".join(p.name for p in cfg.portals))
         return 0

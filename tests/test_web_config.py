@@ -359,6 +359,7 @@ def test_config_check_validates_the_web_config(tmp_path: Path, pki: Pki) -> None
                           str(cfg), "--web.config.file", str(web)], capture_output=True,
                          text=True, cwd=ROOT, timeout=60)
     assert run.returncode == 0, run.stderr
+    assert f"{web}: OK" in run.stdout
 
 
 WRONG_VALUES: list[object] = [None, True, 0, 7, -1, 1.5, "", "x", [], {}, [[1]], [{"a": 1}],
@@ -383,3 +384,15 @@ def test_any_value_of_any_key_is_a_config_error_never_a_crash(
             load_web_config(str(path))
         except ConfigError as exc:
             assert exc.problems and all(isinstance(p, str) for p in exc.problems)
+
+
+def test_start_up_refuses_a_web_config_naming_the_key(tmp_path: Path, pki: Pki) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("portals:\n  - name: a\n    url: https://a.example\n    api_key: sk-test\n")
+    web = tmp_path / "web.yml"
+    web.write_text(mtls_yaml(pki).replace("RequireAndVerifyClientCert", "RequireAnyClientCert"))
+    run = subprocess.run([sys.executable, "-m", "exporter", "--config.file", str(cfg),
+                          "--web.config.file", str(web), "--web.listen-address",
+                          "127.0.0.1:0"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert run.returncode == 1
+    assert "tls_server_config.client_auth_type: RequireAnyClientCert" in run.stderr + run.stdout
