@@ -13,7 +13,8 @@ from types import FrameType
 from exporter import __version__, logs
 from exporter.config import ApiKeyAuth, Config, ConfigError, PasswordAuth, PortalConfig, Secret
 from exporter.config import load_config as load_config_file
-from exporter.server import ExporterApp, ExporterHTTPServer, load_web_config
+from exporter.server import ExporterApp, ExporterHTTPServer
+from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter")
 

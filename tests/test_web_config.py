@@ -21,7 +21,7 @@ from hardening_helpers import (
 )
 
 from exporter.config import Config, ConfigError
-from exporter.server import EXTRA_HTTP_HEADERS, load_web_config
+from exporter.webconfig import EXTRA_HTTP_HEADERS, load_web_config
 
 EMPTY = Config(portals=())
 

@@ -28,8 +28,9 @@ from hardening_helpers import (
 
 from exporter import __version__
 from exporter.config import ApiKeyAuth, Config, ConfigError, PortalConfig, Secret
-from exporter.server import BasicAuth, ExporterApp, ExporterHTTPServer, WebConfig
+from exporter.server import ExporterApp, ExporterHTTPServer
 from exporter.simulator import Simulator
+from exporter.webconfig import BasicAuth, WebConfig
 
 
 def basic(user: str, password: str) -> str:
@@ -467,12 +468,12 @@ def test_route_table_answers_404_405_and_allow(plain: RunningExporter) -> None:
 def test_a_failure_answers_no_sooner_than_a_bcrypt(monkeypatch: pytest.MonkeyPatch) -> None:
     """A cached failure waits (sleeps) for the rest of one bcrypt's time: a repeated wrong
     password is not told apart from a new one, and costs a sleep, not CPU."""
-    import exporter.server as server_module
+    import exporter.webconfig as webconfig
 
     auth = BasicAuth({"prom": bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4))})
     auth._bcrypt_seconds = 5.0
     sleeps: list[float] = []
-    monkeypatch.setattr(server_module.time, "sleep", sleeps.append)
+    monkeypatch.setattr(webconfig.time, "sleep", sleeps.append)
     assert not auth.check(basic("prom", "wrong"))  # bcrypt, then the rest of 5 s
     assert not auth.check(basic("prom", "wrong"))  # cached: the whole 5 s
     assert not auth.check(basic("nobody", "wrong"))
