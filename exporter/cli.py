@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = ExporterApp(cfg, loader=loader, telemetry_path=args.telemetry_path,
                       on_config=on_config)
     try:
-        server = ExporterHTTPServer(args.listen, app, web)
+        server = ExporterHTTPServer(args.listen, app, web, web_path=args.web_config)
     except OSError as exc:
         log.error("cannot listen", extra={"address": f"{args.listen[0]}:{args.listen[1]}",
                                           "err": exc.strerror or str(exc)})

@@ -9,6 +9,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -31,7 +32,14 @@ from exporter.collector import (
     Scraper,
 )
 from exporter.config import DEFAULT_MAX_CONCURRENCY, Config, ConfigError
-from exporter.webconfig import BasicAuth, TokenBucket, WebConfig, load_web_config, peer_sans
+from exporter.webconfig import (
+    BasicAuth,
+    TokenBucket,
+    WebConfig,
+    files_signature,
+    load_web_config,
+    peer_sans,
+)
 
 __all__ = ["ExporterApp", "ExporterHTTPServer", "Handler", "Route", "WebConfig",
            "load_web_config"]
@@ -327,6 +335,10 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         try:
             self._drain_body()
+            self.server.refresh_web()
+            if self.server.web_broken:
+                self._text(500, "Internal Server Error: the web config is invalid; see the log")
+                return
             limiter = self.server.limiter
             if limiter is not None and not limiter.allow():
                 self._text(429, "Too Many Requests")
@@ -432,12 +444,20 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     # or idle clients cannot pin unbounded threads and memory.
     max_connections = 256
 
-    def __init__(self, address: tuple[str, int], app: ExporterApp, web: WebConfig) -> None:
+    def __init__(self, address: tuple[str, int], app: ExporterApp, web: WebConfig, *,
+                 web_path: str | None = None, web_check_interval: float = 1.0) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.app = app
-        self.web = web
-        self.basic_auth = BasicAuth(web.users)
-        self.limiter = TokenBucket(web.rate_limit) if web.rate_limit else None
+        self._apply_web(web)
+        # exporter-toolkit reads the web config on every request, so rotated certificates
+        # and changed users apply at once. Here: when one of its files changed, checked at
+        # most every web_check_interval seconds when a connection is accepted.
+        self._web_path = web_path
+        self._web_check_interval = web_check_interval
+        self._web_checked = time.monotonic()
+        self._web_signature = files_signature(web.files)
+        self._web_lock = threading.Lock()
+        self.web_broken = False  # the file on disk is invalid: every request gets 500
         # The route table; more routes may be added before serving (add_route).
         self.routes: dict[str, Route] = default_routes(app.telemetry_path)
         self.stopping = False
@@ -478,8 +498,53 @@ class ExporterHTTPServer(ThreadingHTTPServer):
             with self._conns_lock:
                 self._active -= 1
 
+    def _apply_web(self, web: WebConfig) -> None:
+        self.web = web
+        self.basic_auth = BasicAuth(web.users)
+        self.limiter = TokenBucket(web.rate_limit) if web.rate_limit else None
+
+    def refresh_web(self) -> None:
+        """Load the web config again if one of its files changed (called per connection
+        and per request, at most once per web_check_interval). An invalid file is not
+        served around: like exporter-toolkit, every request fails until it is fixed."""
+        if self._web_path is None:
+            return
+        now = time.monotonic()
+        if now - self._web_checked < self._web_check_interval:
+            return
+        if not self._web_lock.acquire(blocking=False):
+            return  # another thread is at it; this request goes on with the current one
+        try:
+            self._web_checked = now
+            old_files = self.web.files
+            before = files_signature(old_files)
+            if before == self._web_signature:
+                return
+            try:
+                web = load_web_config(self._web_path)
+            except ConfigError as exc:
+                self._web_signature = before
+                if not self.web_broken:
+                    log.error("web config is invalid; answering 500 until it is fixed",
+                              extra={"problems": len(exc.problems)})
+                    for problem in exc.problems:
+                        log.error("invalid web config", extra={"problem": problem})
+                self.web_broken = True
+                return
+            self._apply_web(web)
+            # The signature taken before loading, so a change during the load is seen
+            # next time (a new set of files: their signature now).
+            self._web_signature = (before if web.files == old_files
+                                   else files_signature(web.files))
+            self.web_broken = False
+            log.info("web config reloaded", extra={"tls": web.ssl_context is not None,
+                                                   "users": len(web.users)})
+        finally:
+            self._web_lock.release()
+
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = super().get_request()
+        self.refresh_web()
         if self.web.ssl_context is not None:
             sock = self.web.ssl_context.wrap_socket(sock, server_side=True,
                                                     do_handshake_on_connect=False)

@@ -102,6 +102,8 @@ class WebConfig:
     # Verified client certificates must carry one of these SANs (None: no such check).
     client_allowed_sans: tuple[str, ...] | None = None
     rate_limit: RateLimit | None = None
+    # The web config file and the files it names: a change to any is picked up (server.py).
+    files: tuple[str, ...] = ()
 
 
 def load_web_config(path: str | None) -> WebConfig:
@@ -125,16 +127,17 @@ def load_web_config(path: str | None) -> WebConfig:
         problems.append(f"{key}: unknown key")
 
     ctx, sans = None, None
+    files = [str(Path(path).absolute())]
     tls = data.get("tls_server_config")
     if tls is not None:
-        ctx, sans = _tls_context(tls, base, problems)
+        ctx, sans = _tls_context(tls, base, problems, files)
     users = _users(data.get("basic_auth_users"), problems)
     headers = _http_server_config(data.get("http_server_config"), problems)
     rate_limit = _rate_limit(data.get("rate_limit"), problems)
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems])
     return WebConfig(ssl_context=ctx, users=users, headers=headers, client_allowed_sans=sans,
-                     rate_limit=rate_limit)
+                     rate_limit=rate_limit, files=tuple(files))
 
 
 def _users(raw: Any, problems: list[str]) -> dict[str, bytes]:
@@ -238,7 +241,7 @@ def _rate_limit(raw: Any, problems: list[str]) -> RateLimit | None:
     return RateLimit(interval=interval, burst=burst)
 
 
-def _tls_context(tls: Any, base: Path, problems: list[str]
+def _tls_context(tls: Any, base: Path, problems: list[str], files: list[str]
                  ) -> tuple[ssl.SSLContext | None, tuple[str, ...] | None]:
     if not isinstance(tls, dict):
         problems.append("tls_server_config: must be a mapping")
@@ -256,6 +259,7 @@ def _tls_context(tls: Any, base: Path, problems: list[str]
         p = Path(str(value))
         if not p.is_absolute():
             p = base / p
+        files.append(str(p))
         if not p.is_file():
             problems.append(f"tls_server_config.{key}: cannot read {value}")
             return None
@@ -596,3 +600,17 @@ def _bcrypt_ok(password: str, hashed: bytes) -> bool:
         return bool(bcrypt.checkpw(password.encode(), hashed))
     except ValueError:  # longer than 72 bytes, a NUL, a malformed hash: no match, as in Go
         return False
+
+
+def files_signature(files: tuple[str, ...]) -> tuple[tuple[str, int, int, int], ...]:
+    """What tells a changed file: modification time, size, inode (a Kubernetes Secret
+    volume swaps a symlink, so the inode changes). A missing file counts as (0, 0, 0)."""
+    out = []
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            out.append((f, 0, 0, 0))
+            continue
+        out.append((f, st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)

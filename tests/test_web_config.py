@@ -8,7 +8,7 @@ import re
 import ssl
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -396,3 +396,111 @@ def test_start_up_refuses_a_web_config_naming_the_key(tmp_path: Path, pki: Pki) 
                           "127.0.0.1:0"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert run.returncode == 1
     assert "tls_server_config.client_auth_type: RequireAnyClientCert" in run.stderr + run.stdout
+
+
+# --- the web config is re-read when its files change (as the toolkit re-reads it) -------------
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Callable[[str], RunningExporter]]:
+    """An exporter that watches its web config file (checked on every connection and
+    request: interval 0)."""
+    import threading
+
+    from exporter.server import ExporterApp, ExporterHTTPServer
+
+    started: list[RunningExporter] = []
+
+    def make(text: str) -> RunningExporter:
+        path = tmp_path / "live-web.yml"
+        path.write_text(text, encoding="utf-8")
+        app = ExporterApp(EMPTY)
+        server = ExporterHTTPServer(("127.0.0.1", 0), app, load_web_config(str(path)),
+                                    web_path=str(path), web_check_interval=0)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                  daemon=True)
+        thread.start()
+        ex = RunningExporter(app, server, thread)
+        started.append(ex)
+        return ex
+
+    yield make
+    for ex in started:
+        ex.stop()
+
+
+def rewrite(path: Path, text: str) -> None:
+    import os
+
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)  # a new inode: seen even within one mtime tick
+
+
+def test_changed_headers_and_users_apply_without_restart(
+        live: Callable[[str], RunningExporter], tmp_path: Path) -> None:
+    import base64
+    import http.client
+
+    ex = live("http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    conn = http.client.HTTPConnection("127.0.0.1", ex.port, timeout=10)  # kept alive
+    conn.request("GET", "/-/healthy")
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.getheader("X-Frame-Options") == "deny"
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    rewrite(tmp_path / "live-web.yml", "http_server_config:\n  headers:\n"
+            f"    X-Frame-Options: sameorigin\nbasic_auth_users:\n  prom: '{hashed}'\n")
+    conn.request("GET", "/metrics")  # the same connection sees the new file
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 401 and resp.getheader("X-Frame-Options") == "sameorigin"
+    conn.close()
+    good = {"Authorization": "Basic " + base64.b64encode(b"prom:pw").decode()}
+    assert ex.get("/metrics", good).status == 200
+
+
+def test_an_invalid_rewrite_fails_every_request_until_fixed(
+        live: Callable[[str], RunningExporter], tmp_path: Path) -> None:
+    ex = live("http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    assert ex.get("/-/healthy").status == 200
+    rewrite(tmp_path / "live-web.yml", "http_server_config:\n  headers:\n    X-Evil: 1\n")
+    answer = ex.get("/-/healthy")
+    assert answer.status == 500 and "web config is invalid" in answer.text
+    rewrite(tmp_path / "live-web.yml",
+            "http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    assert ex.get("/-/healthy").status == 200
+
+
+def test_a_rotated_certificate_is_served_to_new_connections(
+        live: Callable[[str], RunningExporter], pki: Pki, tmp_path: Path) -> None:
+    import shutil
+    import socket
+
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(pki.server_cert, cert)
+    shutil.copy(pki.server_key, key)
+    ex = live(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+
+    def served_cert() -> bytes:
+        ctx = client(pki)
+        with socket.create_connection(("127.0.0.1", ex.port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            der = s.getpeercert(binary_form=True)
+            assert der is not None
+            return der
+
+    first = served_cert()
+    # cert-manager style rotation: a new key and certificate for the same names.
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "new.key",
+                    "-out", "new.csr", "-subj", "/CN=server"], cwd=pki.dir, check=True,
+                   capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", "new.csr", "-CA", "ca.crt", "-CAkey",
+                    "ca.key", "-CAcreateserial", "-out", "new.crt", "-days", "2", "-extfile",
+                    "ext.cnf", "-extensions", "server"], cwd=pki.dir, check=True,
+                   capture_output=True)
+    rewrite(key, (pki.dir / "new.key").read_text())
+    rewrite(cert, (pki.dir / "new.crt").read_text())
+    second = served_cert()
+    assert second != first
+    assert second == ssl.PEM_cert_to_DER_cert((pki.dir / "new.crt").read_text())
