@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from exporter.schedule import expected_interval_seconds
+
 PERIODS = {0: "daily", 1: "weekly", 2: "monthly"}
 PERIOD_NAMES = {"everyday": 0, "everyweek": 1, "everymonth": 2}
-EXPECTED_INTERVAL = {"daily": 86400.0, "weekly": 604800.0, "monthly": 2678400.0}
 
 STORAGE_TYPES = {
     0: "documents",
@@ -68,7 +69,8 @@ class Schedule:
 
     @property
     def expected_interval(self) -> float | None:
-        return EXPECTED_INTERVAL.get(self.period)
+        # Exact per schedule: monthly day 29-31 skips months without that day.
+        return expected_interval_seconds(self.period, self.day)
 
 
 @dataclass(frozen=True)
