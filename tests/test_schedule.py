@@ -182,6 +182,15 @@ def test_due_matches_local_clock_walk_around_29_february(near: tuple[str, int],
     check(zone_name, c, last, last + 60)
 
 
+@settings(max_examples=60, deadline=None)
+@given(c=cron(), offset=st.integers(-4 * 86400, 86400))
+def test_due_matches_local_clock_walk_across_a_skipped_day(c: tuple[str, int, int],
+                                                           offset: int) -> None:
+    # Pacific/Apia skipped 2011-12-30 entirely: every hour of that day is inside the gap, so
+    # the jump (not the pre-transition offset) is the only right due instant.
+    check("Pacific/Apia", c, utc(2011, 12, 30, 10) + offset, utc(2011, 12, 30, 10) + offset)
+
+
 @FAST
 @given(zone_name=st.sampled_from(ALL_ZONES), c=cron(), last=ANY_INSTANT)
 def test_due_matches_local_clock_walk_any_zone(zone_name: str, c: tuple[str, int, int],
