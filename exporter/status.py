@@ -122,12 +122,17 @@ def assess(r: PortalResult, now: float) -> Row:
     e = html.escape
     failing: list[str] = []
     warning: list[str] = []
+    restoring = r.state("docspace_restore_status", "status") == "running"
     if r.up:
         up = '<span class="ok">up</span>'
     else:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(r.failed.items()))
         up = f'<span class="bad">down</span> <small>{e(reasons)}</small>'
-        failing.append("API not answering")
+        if restoring and set(r.failed.values()) == {"forbidden"}:
+            # DocSpace answers 403 on purpose while it restores (the alert is inhibited).
+            warning.append("API closed during the restore")
+        else:
+            failing.append("API not answering")
     last = r.value("docspace_backup_schedule_last_backup_timestamp_seconds")
     configured = r.value("docspace_backup_schedule_configured")
     interval = r.value("docspace_backup_schedule_expected_interval_seconds")
@@ -186,7 +191,7 @@ tr.warning td.health{background:#ffe8a8}
 tr.failing td.health{background:#f8c0c0}
 tr.unknown td.health{background:#e4e4e4}
 .ok{color:#17661d;font-weight:bold}.bad{color:#a01010;font-weight:bold}
-small{color:#555}nav a{margin-right:1em}
+small{color:#555}nav span{margin-right:1.5em}
 """
 
 
@@ -223,9 +228,9 @@ def render(portals: Sequence[PortalConfig], last: LastScrape, *, version: str,
 <p>Version {e(version)} &middot; {len(portals)} portals: {e(summary) or "none"} &middot;
 page made {e(_when(now))}. Each row shows the most recent scrape of that portal; this
 page makes no API calls.</p>
-<nav><a href="{e(telemetry_path)}">Metrics</a> (all portals)
-<a href="/sd">Service discovery</a> (Prometheus http_sd)
-<a href="/-/healthy">Health</a> <a href="/-/ready">Readiness</a></nav>
+<nav><span><a href="{e(telemetry_path)}">Metrics</a> (all portals)</span>
+<span><a href="/sd">Service discovery</a> (Prometheus http_sd)</span>
+<span><a href="/-/healthy">Health</a></span> <span><a href="/-/ready">Readiness</a></span></nav>
 <h2>Portals</h2>
 <table id="portals">
 <thead><tr><th>Health</th><th>Portal (probe)</th><th>API</th><th>Last scheduled backup</th>

@@ -9,8 +9,8 @@ a portal adds a target, and two exporters split the portals by hashmod from /sd 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import copy
+import dataclasses
 import json
 import os
 import sys
