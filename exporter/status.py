@@ -46,7 +46,7 @@ class PortalResult:
     scraped_at: float
     up: bool
     failed: dict[str, str]
-    # metric name -> [(labels without portal, value)]
+    # metric name -> [(labels, value)]
     samples: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
 
     def value(self, metric: str) -> float | None:
@@ -74,10 +74,10 @@ class LastScrape:
             if family.name not in _KEEP:
                 continue
             for s in family.samples:
+                # the sample's own labels dict (portal included), not a copy: fresh per scrape
                 r = results.get(s.labels.get("portal", ""))
                 if r is not None:
-                    labels = {k: v for k, v in s.labels.items() if k != "portal"}
-                    r.samples.setdefault(family.name, []).append((labels, s.value))
+                    r.samples.setdefault(family.name, []).append((s.labels, s.value))
         with self._lock:
             self._by_portal.update(results)
 

@@ -135,6 +135,9 @@ def build_base_tarball() -> Path:
         _check(dh.run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(partial), "."],
                       timeout=300), "tar of the base")
         os.replace(partial, tarball)  # atomic: a broken run leaves no half tarball
+        for old in CACHE_DIR.glob("docspace-ci-base-*.tar"):
+            if old != tarball:  # bases of an older recipe
+                old.unlink(missing_ok=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return tarball
