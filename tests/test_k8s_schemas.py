@@ -27,7 +27,7 @@ except ImportError:  # tests/ imported as a package
 
 K8S = dh.DEPLOY / "kubernetes"
 MANIFESTS = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
-OPERATOR_KINDS = {"ServiceMonitor", "Probe", "PrometheusRule", "PodMonitor"}
+OPERATOR_KINDS = {"ServiceMonitor", "Probe", "PrometheusRule", "PodMonitor", "ScrapeConfig"}
 
 
 def kv() -> Any:
@@ -38,13 +38,15 @@ def kv() -> Any:
     return kubernetes_validate
 
 
-def operator_models() -> Any:
+def operator_models(api_version: str = "monitoring.coreos.com/v1") -> Any:
+    """The typed models of one prometheus-operator API version (v1, v1alpha1)."""
     try:
-        from cloudcoil.models.prometheus_operator import v1
+        from cloudcoil.models.prometheus_operator import v1, v1alpha1
     except ImportError:
         dh.unavailable("cloudcoil-models-prometheus-operator is not installed "
                        "(pip install -e '.[test]')")
-    return v1
+    return {"monitoring.coreos.com/v1": v1,
+            "monitoring.coreos.com/v1alpha1": v1alpha1}[api_version]
 
 
 def versions() -> list[str]:
@@ -63,7 +65,7 @@ def validate_core(doc: dict[str, Any], version: str) -> None:
 
 def validate_operator(doc: dict[str, Any]) -> None:
     """Validates against the CRD model; raises AssertionError on keys the CRD lacks."""
-    model = getattr(operator_models(), doc["kind"])
+    model = getattr(operator_models(doc["apiVersion"]), doc["kind"])
     obj = model.model_validate(doc)
     dumped = obj.model_dump(mode="json", by_alias=True, exclude_unset=True)
     if dumped != doc:
@@ -108,7 +110,7 @@ def test_the_versions_are_far_apart() -> None:
 def test_every_kind_is_checked_by_a_schema() -> None:
     kinds = {d["kind"] for name in MANIFESTS for d in documents(K8S / name)}
     assert {"Deployment", "Service", "ConfigMap", "Secret", "ServiceMonitor", "Probe",
-            "PrometheusRule"} <= kinds, kinds
+            "PrometheusRule", "ScrapeConfig"} <= kinds, kinds
 
 
 # --- a misspelled field fails -----------------------------------------------------------
@@ -136,6 +138,7 @@ def test_a_misspelled_core_field_fails(version: str) -> None:
     ("servicemonitor.yaml", ["spec", "endpoints", 0]),
     ("probe.yaml", ["spec", "prober"]),
     ("prometheusrule.yaml", ["spec", "groups", 0, "rules", 0]),
+    ("scrapeconfig.yaml", ["spec", "httpSDConfigs", 0]),
 ])
 def test_a_misspelled_operator_field_fails(name: str, path: list[str | int]) -> None:
     (doc,) = documents(K8S / name)
