@@ -122,8 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         def loader() -> Config:
             return load_config_file(path)
 
+    started: list[ExporterApp] = []
+
     def on_config(c: Config) -> None:
         logs.MASK.set(c.secrets())
+        if started:  # a reload: open the connections of new and changed portals ahead
+            started[0].scraper.warm(c.portals)
 
     # Hundreds of worker threads spend a scrape waiting on sockets; at the default 5 ms
     # switch interval the ones woken by answers keep forcing GIL hand-offs on each other.
@@ -132,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL)
     app = ExporterApp(cfg, loader=loader, telemetry_path=args.telemetry_path,
                       on_config=on_config)
+    # Open the portals' connections (TLS handshakes, paced) in the background before the
+    # first scrape asks for them; the answers wait for no warm-up.
+    app.scraper.warm(cfg.portals)
+    started.append(app)
     try:
         server = ExporterHTTPServer(args.listen, app, web)
     except OSError as exc:
