@@ -468,6 +468,7 @@ class DocSpaceClient:
         self._host_limit = host_limit
         self._session = session or self._new_session(portal, pool_size)
         self._pool_size = pool_size
+        self._called = False  # a call was made: the warm-up has nothing left to do here
         self._prepared: dict[tuple[Any, ...], _Target] = {}
         # GETs go straight to the pool of a requests HTTPAdapter (_send_get); any other
         # adapter (an injected session) gets the plain Session.request.
@@ -625,6 +626,7 @@ class DocSpaceClient:
 
     def _http(self, method: str, url: str, deadline: float, params: dict[str, str] | None,
               json_body: Any, headers: dict[str, str]) -> tuple[bytes, int, float | None]:
+        self._called = True
         remaining = deadline - self._timer()
         if remaining <= 0:
             raise FetchError("timeout", "deadline passed before the request was sent")
@@ -746,8 +748,10 @@ class DocSpaceClient:
         """Open the connections a scrape will use (TCP and TLS handshake) ahead of it: one
         per call the scrape makes at once, at most what the pool keeps. Connections that
         are already open count as done. Returns how many were opened; a failure ends the
-        warm-up quietly (the scrape reports it)."""
-        if not self._fast_get:
+        warm-up quietly (the scrape reports it). A portal a scrape has already called is
+        left alone: that scrape opened what it needed, and a second set of handshakes
+        would only take CPU from it."""
+        if not self._fast_get or self._called:
             return 0
         want = min(4 if self.portal.history else 3, self._pool_size)
         conns: list[Any] = []
@@ -756,6 +760,8 @@ class DocSpaceClient:
             prepared = self._session.prepare_request(requests.Request("GET", self.portal.url))
             _, pool = self._pool(prepared, self.portal.url)
             for _ in range(want):
+                if self._called:
+                    break
                 conn = pool._get_conn()
                 conns.append(conn)
                 if getattr(conn, "sock", None) is None:

@@ -107,7 +107,9 @@ class Scraper:
         """Open each portal's connections in the background (WARM_THREADS at a time), so
         the first scrape after a start or a reload does not spend its deadline on 3000 TLS
         handshakes at once. The returned event is set when every portal was tried."""
-        todo = iter(list(portals))
+        # Last portal first: a scrape that arrives during the warm-up calls the portals
+        # first to last, so the two meet in the middle instead of racing for the same ones.
+        todo = iter(list(portals)[::-1])
         lock = threading.Lock()
         done = threading.Event()
         running = [WARM_THREADS]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -134,7 +135,8 @@ def test_one_context_per_setting_and_the_ca_loaded_once(
         real(self, *args, **kw)
 
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)
-    with _tls_sim(certs.good, port_per_portal=True) as sim:
+    # 0.3 s per answer: the 18 calls overlap, so each needs a connection of its own.
+    with _tls_sim(certs.good, port_per_portal=True, latency=0.3) as sim:
         sps = [sim.add_portal(f"p{i}") for i in range(6)]
         portals = [portal_config(sim, sp, ca_file=str(ca)) for sp in sps]
         scraper = Scraper(max_workers=32)
@@ -280,3 +282,23 @@ def test_warm_opens_no_more_than_the_pool_keeps(tls_sim: Simulator, certs: CertS
     finally:
         scraper.close()
 
+
+
+def test_warm_leaves_portals_a_scrape_is_calling_alone(tls_sim: Simulator,
+                                                       certs: CertSet) -> None:
+    """A scrape that arrives during the warm-up opened its own connections for the portals
+    it called; warming them too would only add handshakes (CPU) to that scrape."""
+    tls_sim.latency = 1.0
+    portal = portal_config(tls_sim, tls_sim.add_portal("p0"), ca_file=str(certs.ca))
+    scraper = Scraper(max_workers=16)
+    try:
+        result: list[Any] = []
+        thread = threading.Thread(target=lambda: result.append(scraper.scrape([portal], 5.0)))
+        thread.start()
+        assert wait_for(lambda: tls_sim.request_count() == 3, 5)
+        assert scraper.warm([portal]).wait(5)
+        assert tls_sim.connections_opened == 3
+        thread.join(10)
+        assert not result[0][0].failed
+    finally:
+        scraper.close()
