@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -138,8 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                       on_config=on_config)
     # Open the portals' connections (TLS handshakes, paced) in the background before the
     # first scrape asks for them; the answers wait for no warm-up.
-    app.scraper.warm(cfg.portals)
+    warming = app.scraper.warm(cfg.portals)
     started.append(app)
+
+    def freeze_when_warm() -> None:
+        # What exists once the connections are open (modules, config, clients, pools, TLS
+        # state) lives as long as the process: frozen out of the collector's way, a full
+        # collection during a scrape scans only what the scrape made. Measured with 1000
+        # HTTPS portals: GC ~450 -> ~290 ms, CPU ~13% less per scrape (benchmarks/README.md).
+        warming.wait()
+        gc.freeze()
+
+    threading.Thread(target=freeze_when_warm, name="gc-freeze", daemon=True).start()
     try:
         server = ExporterHTTPServer(args.listen, app, web)
     except OSError as exc:
