@@ -9,10 +9,12 @@ timestamps, exemplars, _created samples, histograms, info, odd names) goes throu
 library's encoder itself.
 
 Nothing here reads the library's internals (which encoder choose_encoder() picked, its
-escaping constants, private helpers: those moved between releases). Which format an
-encoder writes, and whether this module writes the same bytes for it, is found out from
-the encoder's own output: each call first renders a small probe registry both ways (a
-few dozen microseconds); any difference sends the whole registry to the encoder.
+escaping constants, private helpers: those moved between releases; only the public metric
+families of prometheus_client.core are used). Which format an encoder writes, and whether
+this module writes the same bytes for it, is found out from the encoder's own output: each
+call first renders a small probe registry both ways (well under a millisecond); any
+difference sends the whole registry to the encoder. (Releases differ even in how a large
+value is written: 9.007199254740992e+015 before 0.2x, e+15 after; both are known here.)
 tests/test_exposition.py pins the output byte for byte against the library's, for every
 metric type and both formats.
 """
@@ -24,32 +26,12 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 # No ':' in metric names: the OpenMetrics encoder rewrites it in sample names.
 _NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 _good_labels: set[str] = set()
 _EOF = "# EOF\n"
-
-
-class _Sample:
-    __slots__ = ("name", "labels", "value", "timestamp", "exemplar")
-
-    def __init__(self, name: str, labels: dict[str, str], value: float) -> None:
-        self.name = name
-        self.labels = labels
-        self.value = value
-        self.timestamp = None
-        self.exemplar = None
-
-
-class _Family:
-    """Duck-typed like prometheus_client's Metric, for the probe."""
-
-    def __init__(self, name: str, doc: str, typ: str, samples: list[_Sample]) -> None:
-        self.name = name
-        self.documentation = doc
-        self.type = typ
-        self.unit = ""
-        self.samples = samples
 
 
 class _Static:
@@ -72,19 +54,20 @@ def _probe() -> _Static:
     _total, the float forms (Go-style exponents, infinities, NaN, -0.0, ints)."""
     values: list[float] = [1.0, 0.0, -0.0, 1, 0, 2.5, -1.5, 1e-9, 1234567.0, 12345678.0,
                            1.5e20, 2.0 ** 53, math.inf, -math.inf, math.nan]
-    gauge = _Family("probe_gauge_x", 'Help "q" \\ back\nnew.', "gauge",
-                    [_Sample("probe_gauge_x", {"b_label": repr(v), "a": 'v "q" \\ \n ü'}, v)
-                     for v in values])
-    counter = _Family("probe_things", "A counter.", "counter",
-                      [_Sample("probe_things_total", {}, 3.0),
-                       _Sample("probe_things_total", {"code": "500"}, 0.0)])
+    gauge = GaugeMetricFamily("probe_gauge_x", 'Help "q" \\ back\nnew.',
+                              labels=["b_label", "a"])
+    for v in values:
+        gauge.add_metric([repr(v), 'v "q" \\ \n ü'], v)
+    counter = CounterMetricFamily("probe_things", "A counter.", labels=["code"])
+    counter.add_metric(["200"], 3.0)
+    counter.add_metric(["500"], 0.0)
     return _Static([gauge, counter])
 
 
 _PROBE = _probe()
 
 
-def _go_float(v: Any) -> str:
+def _go_float(v: Any, wide: bool) -> str:
     """A sample value as the Prometheus formats write it (Go's strconv 'g' style)."""
     d = float(v)
     if d == math.inf:
@@ -97,17 +80,17 @@ def _go_float(v: Any) -> str:
     dot = s.find(".")
     if d > 0 and dot > 6:  # Go switches to an exponent sooner than Python
         mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
-        return f"{mantissa}e+0{dot - 1}"
+        return f"{mantissa}e+0{dot - 1}" if wide else f"{mantissa}e+{dot - 1:02d}"
     return s
 
 
-def _value(v: Any) -> str:
+def _value(v: Any, wide: bool) -> str:
     # The two values most samples have, without the general checks (-0.0 excluded).
     if v == 1:
         return "1.0"
     if v == 0 and math.copysign(1.0, v) > 0:
         return "0.0"
-    return _go_float(v)
+    return _go_float(v, wide)
 
 
 def _escape(value: str) -> str:
@@ -136,7 +119,8 @@ def _simple(metric: Any) -> bool:
     return True
 
 
-def _direct(metrics: Iterable[Any], om: bool, encoder: Callable[..., bytes]) -> str:
+def _direct(metrics: Iterable[Any], om: bool, wide: bool, encoder: Callable[..., bytes]
+            ) -> str:
     out: list[str] = []
     append = out.append
     for metric in metrics:
@@ -157,30 +141,31 @@ def _direct(metrics: Iterable[Any], om: bool, encoder: Callable[..., bytes]) -> 
             labels = s.labels
             if labels:
                 pairs = ",".join([f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())])
-                append(f"{s.name}{{{pairs}}} {_value(s.value)}\n")
+                append(f"{s.name}{{{pairs}}} {_value(s.value, wide)}\n")
             else:
-                append(f"{s.name} {_value(s.value)}\n")
+                append(f"{s.name} {_value(s.value, wide)}\n")
     if om:
         append(_EOF)
     return "".join(out)
 
 
-def _format(encoder: Callable[..., bytes]) -> bool | None:
-    """True for an OpenMetrics encoder, False for the text format, None when this module
-    does not write what the encoder writes (then the encoder does all the work)."""
+def _format(encoder: Callable[..., bytes]) -> tuple[bool, bool] | None:
+    """(OpenMetrics?, old wide exponents?) for the encoder, or None when this module does
+    not write what the encoder writes (then the encoder does all the work)."""
     try:
         expected = encoder(_PROBE)
     except Exception:  # noqa: BLE001 - an encoder we do not know: use it as it is
         return None
-    for om in (False, True):
-        if _direct(_PROBE.collect(), om, encoder).encode("utf-8") == expected:
-            return om
+    om = expected.endswith(_EOF.encode())
+    for wide in (False, True):
+        if _direct(_PROBE.collect(), om, wide, encoder).encode("utf-8") == expected:
+            return om, wide
     return None
 
 
 def encode(registry: Any, encoder: Callable[..., bytes]) -> bytes:
     """What `encoder(registry)` returns, for an encoder from choose_encoder()."""
-    om = _format(encoder)
-    if om is None:
+    fmt = _format(encoder)
+    if fmt is None:
         return encoder(registry)
-    return _direct(registry.collect(), om, encoder).encode("utf-8")
+    return _direct(registry.collect(), fmt[0], fmt[1], encoder).encode("utf-8")
