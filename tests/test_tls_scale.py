@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from exporter.client import DocSpaceClient, FetchError, tls_context
 from exporter.collector import Scraper
-from exporter.config import DEFAULT_MAX_PER_HOST
+from exporter.config import DEFAULT_MAX_PER_HOST, ApiKeyAuth, PortalConfig, Secret
 from exporter.simulator import Simulator, render_config
 from tests.conftest import portal_config
 from tests.deploy_helpers import binary
@@ -299,3 +301,32 @@ def test_warm_leaves_portals_a_scrape_is_calling_alone(tls_sim: Simulator,
         assert not result[0][0].failed
     finally:
         scraper.close()
+
+
+def test_simulator_cli_serves_https_on_a_port_per_portal(certs: CertSet, tmp_path: Path
+                                                         ) -> None:
+    """`python -m exporter.simulator --port-per-portal --tls-cert/--tls-key` (what the
+    benchmark runs): each portal's URL is HTTPS on a port of its own, and answers."""
+    cfg = tmp_path / "sim.yaml"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter.simulator", "--portals", "2", "--port-per-portal",
+         "--tls-cert", str(certs.good[0]), "--tls-key", str(certs.good[1]),
+         "--write-config", str(cfg)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        portals = yaml.safe_load(cfg.read_text())["portals"]
+        urls = [p["url"] for p in portals]
+        assert all(u.startswith("https://127.0.0.1:") for u in urls), urls
+        assert len({u.rsplit(":", 1)[1].split("/")[0] for u in urls}) == 2
+        c = DocSpaceClient(PortalConfig(name=portals[0]["name"], url=urls[0],
+                                        auth=ApiKeyAuth(Secret(portals[0]["api_key"])),
+                                        ca_file=str(certs.ca), timeout=5.0))
+        try:
+            assert c.schedule(time.monotonic() + 5) is not None
+        finally:
+            c.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
