@@ -374,8 +374,8 @@ def tls_context(portal: PortalConfig) -> ssl.SSLContext | None:
                 else:
                     ctx.load_verify_locations(cafile=where)
             ctx.set_alpn_protocols(_ALPN)
-        except (OSError, ValueError):  # ssl.SSLError is an OSError
-            return None
+        except (OSError, ValueError, TypeError):  # ssl.SSLError is an OSError; TypeError:
+            return None  # a context urllib3 made of another class (pyOpenSSL): as before
         _CONTEXTS[key] = ctx
         return ctx
 
