@@ -56,6 +56,11 @@ CALLS_PER_PORTAL = 3  # schedule, backup_progress, restore_progress (history: fa
 EXTRA_CONFIG: list[str] = []  # --set KEY=VALUE: more top-level config keys
 EXPORTER_ENV: dict[str, str] = {}  # --env NAME=VALUE for the exporter process
 EXPORTER_SRC: list[Path] = []  # --exporter-src DIR: run the exporter package found in DIR
+FIRST_AFTER_WARMUP: list[bool] = []  # --first-after-warmup: wait for the start-up warm-up
+# A realistic CA bundle: the system's (~150 CAs) plus the test CA that signed the
+# simulator's certificate, as `ca_file` of every portal.
+SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+TLS: dict[str, Path] = {}  # cert, key, bundle: made once per run by make_tls()
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -201,11 +206,42 @@ def http_get(port: int, path: str, headers: dict[str, str] | None = None,
             conn.close()
 
 
-def start_simulator(n: int, workdir: Path) -> tuple[Proc, int, Path]:
-    cfg = workdir / f"sim-{n}.yaml"
+def make_tls(workdir: Path) -> None:
+    """A test CA and a server certificate for 127.0.0.1 (openssl CLI), and the CA bundle the
+    exporter verifies with: the system bundle plus that CA."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=workdir,
+                       timeout=60)
+
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=benchmark CA")
+    (workdir / "ext.cnf").write_text("[s]\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                                     "extendedKeyUsage=serverAuth\n")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf",
+        "-extensions", "s")
+    bundle = workdir / "bundle.pem"
+    system = SYSTEM_BUNDLE.read_bytes() if SYSTEM_BUNDLE.exists() else b""
+    bundle.write_bytes(system + b"\n" + (workdir / "ca.crt").read_bytes())
+    TLS.update(cert=workdir / "server.crt", key=workdir / "server.key", bundle=bundle)
+
+
+def bundle_cas(path: Path) -> int:
+    return path.read_bytes().count(b"-----BEGIN CERTIFICATE-----")
+
+
+def start_simulator(n: int, workdir: Path, scheme: str = "http") -> tuple[Proc, int, Path]:
+    """N portals, each on a port of its own (one host: distinct origins, as distinct
+    installations), over HTTPS or HTTP; /_sim/ stays plain HTTP on the main port."""
+    cfg = workdir / f"sim-{n}-{scheme}.yaml"
+    tls = ["--tls-cert", str(TLS["cert"]), "--tls-key", str(TLS["key"])] if (
+        scheme == "https") else []
     proc = Proc([sys.executable, "-m", "exporter.simulator", "--listen", "127.0.0.1:0",
                  "--portals", str(n), "--scenario", "healthy", "--latency", str(LATENCY),
-                 "--no-history", "--write-config", str(cfg)], name="simulator")
+                 "--no-history", "--port-per-portal", *tls, "--write-config", str(cfg)],
+                name="simulator")
     line = read_line(proc, "listening on", 60)
     port = int(line.rsplit(":", 1)[1])
     return proc, port, cfg
@@ -219,18 +255,21 @@ def sim_stats(port: int) -> dict[str, Any]:
 
 
 def exporter_config(sim_cfg: Path, out: Path, *, max_concurrency: int | None,
-                    timeout: str | None = None) -> Path:
-    """The simulator's config plus the top-level keys of this benchmark.
-
-    Every portal of the simulator lives on the same host (127.0.0.1:PORT/<name>), while
-    real portals each have their own host name; so the per-host limit is lifted here.
-    """
+                    timeout: str | None = None, scheme: str = "http") -> Path:
+    """The simulator's config plus the top-level keys of this benchmark: the default
+    config (each portal on its own port, so no limit needs lifting), with `ca_file` = the
+    realistic bundle over HTTPS."""
     text = sim_cfg.read_text(encoding="utf-8")
-    extra = ["max_requests_per_host: 100000"] + list(EXTRA_CONFIG)
+    extra = list(EXTRA_CONFIG)
     if max_concurrency is not None:
         extra.append(f"max_concurrency: {max_concurrency}")
+    defaults = []
     if timeout is not None:
-        extra.append(f"defaults:\n  timeout: {timeout}")
+        defaults.append(f"  timeout: {timeout}")
+    if scheme == "https":
+        defaults.append(f"  ca_file: {TLS['bundle']}")
+    if defaults:
+        extra.append("defaults:\n" + "\n".join(defaults))
     out.write_text("\n".join(extra) + "\n" + text, encoding="utf-8")
     return out
 
@@ -305,6 +344,26 @@ def scrape_exporter(port: int, pid: int, sim_port: int, sim_pid: int, n: int, *,
         exact=_diff_exact(before, after, ("schedule", "backup_progress", "restore_progress")),
         extra={"bytes": len(body)},
     )
+
+
+def wait_warmup(sim_port: int, n: int, limit: float = 60.0) -> float:
+    """Seconds until the exporter has opened its connections ahead of the first scrape
+    (3 per portal, counted by the simulator), or until their number stops growing."""
+    t0 = time.monotonic()
+    last, since = -1, t0
+    base = sim_stats(sim_port)["connections_opened"]
+    polls = 0
+    while time.monotonic() - t0 < limit:
+        polls += 1  # each /_sim/stats request is a connection of its own
+        opened = sim_stats(sim_port)["connections_opened"] - base - polls
+        if opened >= CALLS_PER_PORTAL * n:
+            break
+        if opened != last:
+            last, since = opened, time.monotonic()
+        elif time.monotonic() - since > 2.0:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - t0
 
 
 def _self_cpu() -> float:
@@ -389,6 +448,8 @@ def summarize(kind: str, n: int, scrapes: list[Scrape], mem: dict[str, float],
         "seconds_median": med,
         "seconds_all": [round(s.seconds, 4) for s in scrapes],
         "seconds_cold": cold.seconds,
+        "seconds_max": max(s.seconds for s in scrapes),
+        "up_cold": cold.up,
         "ratio_to_limit": med / LATENCY,
         "cpu_ms_per_portal_scrape": 1000 * cpu_total / (len(warm) * n),
         "cpu_ms_per_portal_scrape_cold": 1000 * cold.cpu / n,
@@ -409,31 +470,34 @@ def summarize(kind: str, n: int, scrapes: list[Scrape], mem: dict[str, float],
 
 
 def bench_n(n: int, runs: int, workdir: Path, *, naive: bool, blackbox: bool,
-            log: Any) -> list[dict[str, Any]]:
+            log: Any, scheme: str = "https") -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    sim, sim_port, sim_cfg = start_simulator(n, workdir)
+    sim, sim_port, sim_cfg = start_simulator(n, workdir, scheme)
     try:
-        kinds: list[tuple[str, int | None, str | None, int]] = [("exporter", None, None, runs)]
+        kinds: list[tuple[str, int | None, str | None, int]] = [
+            (f"exporter {scheme}", None, None, runs)]
         if naive:
             # Sequential: one call at a time; a long timeout so it is measured, not cut off.
             # Fewer runs as it gets slow; past ~30 s per scrape it is run once (that one
             # scrape is both cold and warm).
             est = n * CALLS_PER_PORTAL * LATENCY
             naive_runs = runs if est < 2 else 3 if est < 10 else 1 if est < 30 else 0
-            kinds.append(("naive", 1, "3600s", naive_runs))
+            kinds.append((f"naive {scheme}", 1, "3600s", naive_runs))
         for kind, conc, timeout, k in kinds:
-            cfg = exporter_config(sim_cfg, workdir / f"{kind}-{n}.yaml", max_concurrency=conc,
-                                  timeout=timeout)
+            cfg = exporter_config(sim_cfg, workdir / f"{kind.replace(' ', '-')}-{n}.yaml",
+                                  max_concurrency=conc, timeout=timeout, scheme=scheme)
             exp, port = start_exporter(cfg)
             # Kept alive like Prometheus's, so the handler thread and its CPU stay visible.
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=SCRAPE_TIMEOUT + 3600)
             try:
+                if FIRST_AFTER_WARMUP:
+                    log(f"  {kind:9s} N={n:<5d} warm-up: {wait_warmup(sim_port, n):.2f}s")
                 idle = mem_mb(exp.pid)
                 scrapes = []
                 for i in range(k + 1):  # +1: the first (cold) scrape opens the connections
                     # The naive exporter is measured, not cut off at a scrape timeout.
                     s = scrape_exporter(port, exp.pid, sim_port, sim.pid, n,
-                                        scrape_timeout=None if kind == "naive" else
+                                        scrape_timeout=None if kind.startswith("naive") else
                                         SCRAPE_TIMEOUT, conn=conn)
                     scrapes.append(s)
                     log(f"  {kind:9s} N={n:<5d} run {i}: {s.seconds:7.3f}s cpu {s.cpu:6.3f}s "
@@ -444,7 +508,7 @@ def bench_n(n: int, runs: int, workdir: Path, *, naive: bool, blackbox: bool,
             finally:
                 conn.close()
                 exp.stop()
-        if blackbox:
+        if blackbox and scheme == "http":
             if not os.path.exists(BLACKBOX):
                 log(f"  blackbox: {BLACKBOX} missing (apt-get install -y "
                     "prometheus-blackbox-exporter); skipped")
@@ -474,9 +538,10 @@ def capacity(workdir: Path, sizes: list[int], log: Any) -> list[dict[str, Any]]:
     """Scrape /metrics with a 10 s scrape timeout at growing N; all up and < 9.5 s = served."""
     rows = []
     for n in sizes:
-        sim, sim_port, sim_cfg = start_simulator(n, workdir)
+        sim, sim_port, sim_cfg = start_simulator(n, workdir, "https")
         try:
-            cfg = exporter_config(sim_cfg, workdir / f"cap-{n}.yaml", max_concurrency=None)
+            cfg = exporter_config(sim_cfg, workdir / f"cap-{n}.yaml", max_concurrency=None,
+                                  scheme="https")
             exp, port = start_exporter(cfg)
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=SCRAPE_TIMEOUT + 60)
             try:
@@ -519,14 +584,16 @@ def fmt(v: Any, spec: str = ".3f") -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| impl | N | scrape s (median) | x limit | cold s | CPU ms/portal | (schedstat) "
+    head = ("| impl | N | warm s (median) | x limit | first s | first up | slowest s "
+            "| CPU ms/portal | (schedstat) "
             "| sim CPU ms/portal | RSS idle MB | RSS peak MB | calls/endpoint | exactly 1 "
-            "| conns cold | conns 2nd+ | up | others' CPU s |")
+            "| conns first | conns 2nd+ | up (every scrape) | others' CPU s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['kind']} | {r['n']} | {fmt(r['seconds_median'])} | "
             f"{fmt(r['ratio_to_limit'], '.2f')} | {fmt(r['seconds_cold'])} | "
+            f"{r.get('up_cold', '-')}/{r['n']} | {fmt(r.get('seconds_max'))} | "
             f"{fmt(r['cpu_ms_per_portal_scrape'], '.2f')} | "
             f"{fmt(r.get('cpu_exact_ms_per_portal_scrape'), '.2f')} | "
             f"{fmt(r['sim_cpu_ms_per_portal_scrape'], '.2f')} | "
@@ -540,7 +607,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def extrapolate(rows: list[dict[str, Any]], sizes: list[int]) -> list[str]:
     """The naive exporter at the N it was not run at: seconds per portal x N."""
-    naive = [r for r in rows if r["kind"] == "naive"]
+    naive = [r for r in rows if r["kind"].startswith("naive")]
     if not naive:
         return []
     biggest = max(naive, key=lambda r: r["n"])
@@ -552,6 +619,8 @@ def extrapolate(rows: list[dict[str, Any]], sizes: list[int]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--schemes", default="https,http",
+                    help="portal schemes to measure, in order (default %(default)s)")
     ap.add_argument("--sizes", default="1,10,100,1000",
                     help="portal counts, comma-separated (default %(default)s)")
     ap.add_argument("--runs", type=int, default=5, help="warm scrapes per N (median)")
@@ -567,6 +636,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capacity-sizes", default="1000,1500,2000,2500,3000,3500",
                     help="portal counts for --capacity, tried in order until one fails")
     ap.add_argument("--capacity-only", action="store_true", help="only the --capacity part")
+    ap.add_argument("--first-after-warmup", action="store_true",
+                    help="send the first scrape once the exporter has opened its portal "
+                         "connections (default: as soon as /-/ready answers)")
     ap.add_argument("--label", default="", help="a word for the result file name")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra top-level exporter config key (e.g. max_concurrency=256)")
@@ -578,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.exporter_src:
         EXPORTER_SRC.append(args.exporter_src.resolve())
+    if args.first_after_warmup:
+        FIRST_AFTER_WARMUP.append(True)
     for kv in args.set:
         key, _, value = kv.partition("=")
         EXTRA_CONFIG.append(f"{key}: {value}")
@@ -603,22 +677,27 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {meta['machine']}  git {meta['git']}  load {meta['loadavg_start']}")
     rows: list[dict[str, Any]] = []
     cap: list[dict[str, Any]] = []
+    schemes = [x for x in args.schemes.split(",") if x]
     with tempfile.TemporaryDirectory(prefix="docspace-bench-") as tmp:
         work = Path(tmp)
+        make_tls(work)
+        meta["ca_bundle_certificates"] = bundle_cas(TLS["bundle"])
+        log(f"ca_file: {SYSTEM_BUNDLE} + the test CA = {meta['ca_bundle_certificates']} CAs")
         if not args.capacity_only:
             for n in sizes:
                 runs = args.runs if n < 1000 else min(args.runs, args.runs_large)
                 if n < 100:  # cheap; more runs make the 10 ms CPU ticks of /proc average out
                     runs = max(runs, 15)
-                log(f"N={n}")
-                rows += bench_n(n, runs, work, naive=n <= args.naive_max,
-                                blackbox=not args.no_blackbox, log=log)
+                for i, scheme in enumerate(schemes):
+                    log(f"N={n} {scheme}")
+                    rows += bench_n(n, runs, work, naive=n <= args.naive_max and i == 0,
+                                    blackbox=not args.no_blackbox, log=log, scheme=scheme)
         if args.capacity or args.capacity_only:
             log("capacity (10 s scrape timeout)")
             cap = capacity(work, [int(x) for x in args.capacity_sizes.split(",")], log)
     meta["loadavg_end"] = os.getloadavg()
     order = {"exporter": 0, "naive": 1, "blackbox": 2}
-    rows.sort(key=lambda r: (order.get(r["kind"], 9), r["n"]))
+    rows.sort(key=lambda r: (order.get(r["kind"].split()[0], 9), r["kind"], r["n"]))
     print()
     print(f"limit = {LATENCY * 1000:.0f} ms (one round trip, every portal and call at once); "
           f"{CALLS_PER_PORTAL} calls per portal (history: false)")

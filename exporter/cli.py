@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -136,8 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         def loader() -> Config:
             return load_config_file(path)
 
+    started: list[ExporterApp] = []
+
     def on_config(c: Config) -> None:
         logs.MASK.set(c.secrets())
+        if started:  # a reload: open the connections of new and changed portals ahead
+            started[0].scraper.warm(c.portals)
 
     # Hundreds of worker threads spend a scrape waiting on sockets; at the default 5 ms
     # switch interval the ones woken by answers keep forcing GIL hand-offs on each other.
@@ -146,6 +151,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL)
     app = ExporterApp(cfg, loader=loader, telemetry_path=args.telemetry_path,
                       on_config=on_config)
+    # Open the portals' connections (TLS handshakes, paced) in the background before the
+    # first scrape asks for them; the answers wait for no warm-up.
+    warming = app.scraper.warm(cfg.portals)
+    started.append(app)
+
+    def freeze_when_warm() -> None:
+        # What exists once the connections are open (modules, config, clients, pools, TLS
+        # state) lives as long as the process: frozen out of the collector's way, a full
+        # collection during a scrape scans only what the scrape made. Measured with 1000
+        # HTTPS portals: GC ~450 -> ~290 ms, CPU ~13% less per scrape (benchmarks/README.md).
+        warming.wait()
+        gc.freeze()
+
+    threading.Thread(target=freeze_when_warm, name="gc-freeze", daemon=True).start()
     try:
         server = ExporterHTTPServer(args.listen, app, web, web_path=args.web_config)
     except OSError as exc:

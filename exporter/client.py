@@ -8,10 +8,12 @@ import http.client
 import http.cookiejar
 import itertools
 import logging
+import os
 import socket
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -20,6 +22,8 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util.ssl_ import create_urllib3_context
+from urllib3.util.wait import wait_for_read
 
 from exporter import __version__
 from exporter.config import ApiKeyAuth, PasswordAuth, PortalConfig, TokenAuth
@@ -242,6 +246,10 @@ def _shutdown(sock: socket.socket) -> None:
         pass
 
 
+def _readable(sock: socket.socket) -> bool:
+    return bool(wait_for_read(sock, timeout=0.0))
+
+
 def _watch(sock: socket.socket | None) -> None:
     watchdog = getattr(_CURRENT, "watchdog", None)
     if watchdog is not None:
@@ -265,6 +273,39 @@ class _WatchedHTTPSConnection(HTTPSConnection):
         super().connect()
         _watch(self.sock)
 
+    @property
+    def is_connected(self) -> bool:
+        """urllib3's test (an idle socket with something to read was dropped), except for
+        TLS records without data: a TLS 1.3 server sends its session tickets after the
+        handshake, and a connection opened ahead of use (DocSpaceClient.warm) has not read
+        them yet. They are read here; the connection then counts as open."""
+        sock = self.sock
+        if sock is None:
+            return False
+        if not _readable(sock):
+            return True
+        if not isinstance(sock, ssl.SSLSocket):
+            return False
+        timeout = sock.gettimeout()
+        try:
+            sock.setblocking(False)
+            for _ in range(8):
+                try:
+                    sock.recv(1)
+                except ssl.SSLWantReadError:
+                    if not _readable(sock):
+                        return True
+                    continue
+                return False  # the peer closed, or sent bytes nobody asked for
+            return False
+        except OSError:
+            return False
+        finally:
+            try:
+                sock.settimeout(timeout)
+            except OSError:
+                pass
+
     def request(self, *args: Any, **kwargs: Any) -> None:
         _watch(self.sock)
         super().request(*args, **kwargs)
@@ -281,12 +322,108 @@ class _HTTPSPool(HTTPSConnectionPool):
 _POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
+class _SharedContext(ssl.SSLContext):
+    """An SSLContext that many pools and threads use at once.
+
+    urllib3 sets the ALPN list on the context for every connection it opens (and the verify
+    mode, to the value it already has). On a context of its own that is harmless; on a
+    shared one, replacing the ALPN list frees the buffer another thread's handshake may be
+    copying (CPython creates the SSL object without the GIL). It is set once here, and
+    setting the same list again is a no-op.
+    """
+
+    _alpn: tuple[str, ...] = ()
+
+    def set_alpn_protocols(self, alpn_protocols: Any) -> None:
+        protocols = tuple(alpn_protocols)
+        if protocols != self._alpn:
+            super().set_alpn_protocols(list(protocols))
+            self._alpn = protocols
+
+
+_CONTEXTS: weakref.WeakValueDictionary[tuple[Any, ...], ssl.SSLContext] = (
+    weakref.WeakValueDictionary())
+_CONTEXTS_LOCK = threading.Lock()
+_ALPN = list(getattr(urllib3.util.ssl_, "ALPN_PROTOCOLS", ["http/1.1"]))
+
+
+def tls_context(portal: PortalConfig) -> ssl.SSLContext | None:
+    """The one client SSLContext for the portal's verification setting, shared by every
+    portal with the same setting: the default CA bundle (requests': certifi's), each
+    `ca_file`, or `insecure_skip_verify`.
+
+    Without it urllib3 builds a context and loads the whole CA bundle for every new
+    connection: ~24 ms of CPU and a few hundred kB each, 3000 times at 1000 HTTPS portals.
+    The context is what urllib3 would build (create_urllib3_context, the same CA file), so
+    verification is exactly as strict. A `ca_file` is keyed by its path and file identity,
+    so a CA file replaced before a reload is read again. None when the CA file cannot be
+    loaded: then urllib3 loads it per connection, as before, and the call fails as `tls`.
+    """
+    if portal.insecure_skip_verify:
+        key: tuple[Any, ...] = ("insecure",)
+        where = None
+    else:
+        where = portal.ca_file or requests.utils.extract_zipped_paths(
+            requests.utils.DEFAULT_CA_BUNDLE_PATH)
+        try:
+            st = os.stat(where)
+        except OSError:
+            return None
+        key = ("verify", where, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _CONTEXTS_LOCK:
+        ctx = _CONTEXTS.get(key)
+        if ctx is not None:
+            return ctx
+        try:
+            ctx = create_urllib3_context(
+                cert_reqs=ssl.CERT_NONE if where is None else ssl.CERT_REQUIRED)
+            ctx.__class__ = _SharedContext
+            if where is not None:
+                if os.path.isdir(where):
+                    ctx.load_verify_locations(capath=where)
+                else:
+                    ctx.load_verify_locations(cafile=where)
+            ctx.set_alpn_protocols(_ALPN)
+        except (OSError, ValueError, TypeError):  # ssl.SSLError is an OSError; TypeError:
+            return None  # a context urllib3 made of another class (pyOpenSSL): as before
+        _CONTEXTS[key] = ctx
+        return ctx
+
+
 class _Adapter(HTTPAdapter):
-    """requests' adapter, with connections that a call's watchdog can cut."""
+    """requests' adapter, with connections that a call's watchdog can cut, and TLS through
+    one shared SSLContext (tls_context) instead of one built per connection."""
+
+    def __init__(self, *args: Any, ssl_context: ssl.SSLContext | None = None,
+                 **kwargs: Any) -> None:
+        self._tls = ssl_context  # before super().__init__, which calls init_poolmanager
+        super().__init__(*args, **kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        if self._tls is not None:
+            kwargs["ssl_context"] = self._tls
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def build_connection_pool_key_attributes(self, request: Any, verify: Any,
+                                             cert: Any = None) -> Any:
+        # requests >= 2.32.2: pools get the shared context (proxied ones too) instead of a
+        # CA path that urllib3 would load for every connection.
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert)
+        if self._tls is not None and host_params.get("scheme") == "https":
+            pool_kwargs["ssl_context"] = self._tls
+            pool_kwargs.pop("ca_certs", None)
+            pool_kwargs.pop("ca_cert_dir", None)
+        return host_params, pool_kwargs
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        super().cert_verify(conn, url, verify, cert)  # checks the path, sets cert_reqs
+        if self._tls is not None and getattr(conn, "conn_kw", {}).get("ssl_context") is self._tls:
+            # The CAs are in the shared context; a path here would be loaded into it
+            # again on every connection.
+            conn.ca_certs = None
+            conn.ca_cert_dir = None
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
@@ -340,6 +477,8 @@ class DocSpaceClient:
         self._sleep = sleep
         self._host_limit = host_limit
         self._session = session or self._new_session(portal, pool_size)
+        self._pool_size = pool_size
+        self._called = False  # a call was made: the warm-up has nothing left to do here
         self._prepared: dict[tuple[Any, ...], _Target] = {}
         # GETs go straight to the pool of a requests HTTPAdapter (_send_get); any other
         # adapter (an injected session) gets the plain Session.request.
@@ -368,7 +507,9 @@ class DocSpaceClient:
         s.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         # No automatic retries: one call per endpoint per scrape. A retry would hide a
         # flaky portal and double its load; the next scrape is the retry.
-        adapter = _Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        tls = tls_context(portal) if portal.url.lower().startswith("https:") else None
+        adapter = _Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0,
+                           ssl_context=tls)
         s.mount("http://", adapter)
         s.mount("https://", adapter)
         if portal.insecure_skip_verify:
@@ -495,6 +636,7 @@ class DocSpaceClient:
 
     def _http(self, method: str, url: str, deadline: float, params: dict[str, str] | None,
               json_body: Any, headers: dict[str, str]) -> tuple[bytes, int, float | None]:
+        self._called = True
         remaining = deadline - self._timer()
         if remaining <= 0:
             raise FetchError("timeout", "deadline passed before the request was sent")
@@ -587,6 +729,17 @@ class DocSpaceClient:
         s = self._session
         prepared = s.prepare_request(requests.Request("GET", url, params=params,
                                                       headers=headers))
+        adapter, pool = self._pool(prepared, url)
+        target = _Target(pool, adapter.request_url(prepared, s.proxies), dict(prepared.headers))
+        if len(self._prepared) >= 16:  # old login tokens
+            self._prepared.clear()
+        self._prepared[key] = target
+        return target
+
+    def _pool(self, prepared: requests.PreparedRequest, url: str) -> tuple[HTTPAdapter, Any]:
+        """The session adapter's urllib3 pool for a prepared request, as HTTPAdapter.send
+        finds it (TLS settings and proxies applied)."""
+        s = self._session
         verify = True if s.verify is None else s.verify
         adapter = s.get_adapter(url)
         assert isinstance(adapter, HTTPAdapter)  # self._fast_get
@@ -599,11 +752,43 @@ class DocSpaceClient:
         except requests.RequestException as exc:
             raise _classify_exception(exc) from None
         adapter.cert_verify(pool, url, verify, s.cert)
-        target = _Target(pool, adapter.request_url(prepared, s.proxies), dict(prepared.headers))
-        if len(self._prepared) >= 16:  # old login tokens
-            self._prepared.clear()
-        self._prepared[key] = target
-        return target
+        return adapter, pool
+
+    def warm(self, timeout: float) -> int:
+        """Open the connections a scrape will use (TCP and TLS handshake) ahead of it: one
+        per call the scrape makes at once, at most what the pool keeps. Connections that
+        are already open count as done. Returns how many were opened; a failure ends the
+        warm-up quietly (the scrape reports it). A portal a scrape has already called is
+        left alone: that scrape opened what it needed, and a second set of handshakes
+        would only take CPU from it."""
+        if not self._fast_get or self._called:
+            return 0
+        want = min(4 if self.portal.history else 3, self._pool_size)
+        conns: list[Any] = []
+        opened = 0
+        try:
+            prepared = self._session.prepare_request(requests.Request("GET", self.portal.url))
+            _, pool = self._pool(prepared, self.portal.url)
+            for _ in range(want):
+                if self._called:
+                    break
+                conn = pool._get_conn()
+                conns.append(conn)
+                if getattr(conn, "sock", None) is None:
+                    conn.timeout = timeout
+                    conn.connect()
+                    opened += 1
+        except Exception as exc:  # noqa: BLE001 - warming must never raise
+            if conns:
+                conns[-1].close()
+            log.debug("could not open a connection ahead", extra={
+                "portal": self.portal.name,
+                "reason": _classify_exception(exc).reason if not isinstance(
+                    exc, FetchError) else exc.reason})
+        finally:
+            for conn in conns:
+                pool._put_conn(conn)
+        return opened
 
     def _read_body(self, resp: requests.Response | _Answer, deadline: float) -> bytes:
         """Read the body with the deadline bounding the whole read, not each socket read.

@@ -5,9 +5,18 @@ each sample name character by character. With 1000 portals (~26 samples each) th
 0.3 ms (text) to 0.5 ms (OpenMetrics) of CPU per portal per scrape, as much as the
 portal's three API calls. Plain gauges and counters with legacy names, which is every
 family this exporter makes, are formatted here directly; anything else (units,
-timestamps, exemplars, _created samples, histograms, info, DOTS escaping, an encoder we
-do not know) goes through prometheus_client itself. tests/test_exposition.py pins the
-output byte for byte against the library's.
+timestamps, exemplars, _created samples, histograms, info, odd names) goes through the
+library's encoder itself.
+
+Nothing here reads the library's internals (which encoder choose_encoder() picked, its
+escaping constants, private helpers: those moved between releases; only the public metric
+families of prometheus_client.core are used). Which format an encoder writes, and whether
+this module writes the same bytes for it, is found out from the encoder's own output: each
+call first renders a small probe registry both ways (well under a millisecond); any
+difference sends the whole registry to the encoder. (Releases differ even in how a large
+value is written: 9.007199254740992e+015 before 0.2x, e+15 after; both are known here.)
+tests/test_exposition.py pins the output byte for byte against the library's, for every
+metric type and both formats.
 """
 
 from __future__ import annotations
@@ -17,46 +26,75 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client.exposition import generate_latest as _text_latest
-from prometheus_client.openmetrics import exposition as _om
-from prometheus_client.utils import floatToGoString
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # No ':' in metric names: the OpenMetrics encoder rewrites it in sample names.
 _NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-# Escaping schemes under which legacy names come out unchanged, per format. (DOTS doubles
-# every '_'; the OpenMetrics encoder also mangles sample names under VALUES.)
-_PLAIN_ESCAPING = {
-    "text": {_om.UNDERSCORES, _om.VALUES, _om.ALLOWUTF8},
-    "om": {_om.UNDERSCORES, _om.ALLOWUTF8},
-}
 _good_labels: set[str] = set()
+_EOF = "# EOF\n"
 
 
-class _One:
+class _Static:
+    def __init__(self, metrics: list[Any]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Any]:
+        return self._metrics
+
+
+class _One(_Static):
     """A registry of one metric, for the library encoder."""
 
     def __init__(self, metric: Any) -> None:
-        self._metric = metric
-
-    def collect(self) -> Iterable[Any]:
-        return [self._metric]
+        super().__init__([metric])
 
 
-def _format(encoder: Callable[..., bytes]) -> str | None:
-    """'text' or 'om' for the encoders choose_encoder() returns, None for anything else."""
-    func = getattr(encoder, "func", encoder)
-    keywords = getattr(encoder, "keywords", None) or {}
-    if set(keywords) - {"escaping", "version"}:
-        return None
-    if func is _text_latest:
-        fmt = "text"
-    elif func is _om.generate_latest:
-        fmt = "om"
-    else:
-        return None
-    if keywords.get("escaping", _om.UNDERSCORES) not in _PLAIN_ESCAPING[fmt]:
-        return None
-    return fmt
+def _probe() -> _Static:
+    """Every case the direct path formats: escapes in help and label values, a counter's
+    _total, the float forms (Go-style exponents, infinities, NaN, -0.0, ints)."""
+    values: list[float] = [1.0, 0.0, -0.0, 1, 0, 2.5, -1.5, 1e-9, 1234567.0, 12345678.0,
+                           1.5e20, 2.0 ** 53, math.inf, -math.inf, math.nan]
+    gauge = GaugeMetricFamily("probe_gauge_x", 'Help "q" \\ back\nnew.',
+                              labels=["b_label", "a"])
+    for v in values:
+        gauge.add_metric([repr(v), 'v "q" \\ \n ü'], v)
+    counter = CounterMetricFamily("probe_things", "A counter.", labels=["code"])
+    counter.add_metric(["200"], 3.0)
+    counter.add_metric(["500"], 0.0)
+    return _Static([gauge, counter])
+
+
+_PROBE = _probe()
+
+
+def _go_float(v: Any, wide: bool) -> str:
+    """A sample value as the Prometheus formats write it (Go's strconv 'g' style)."""
+    d = float(v)
+    if d == math.inf:
+        return "+Inf"
+    if d == -math.inf:
+        return "-Inf"
+    if d != d:
+        return "NaN"
+    s = repr(d)
+    dot = s.find(".")
+    if d > 0 and dot > 6:  # Go switches to an exponent sooner than Python
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+0{dot - 1}" if wide else f"{mantissa}e+{dot - 1:02d}"
+    return s
+
+
+def _value(v: Any, wide: bool) -> str:
+    # The two values most samples have, without the general checks (-0.0 excluded).
+    if v == 1:
+        return "1.0"
+    if v == 0 and math.copysign(1.0, v) > 0:
+        return "0.0"
+    return _go_float(v, wide)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def _simple(metric: Any) -> bool:
@@ -81,28 +119,48 @@ def _simple(metric: Any) -> bool:
     return True
 
 
-def _value(v: Any) -> str:
-    # The two values most samples have, without floatToGoString's checks (-0.0 excluded).
-    if v == 1:
-        return "1.0"
-    if v == 0 and math.copysign(1.0, v) > 0:
-        return "0.0"
-    return floatToGoString(v)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _samples(out: list[str], metric: Any) -> None:
+def _direct(metrics: Iterable[Any], om: bool, wide: bool, encoder: Callable[..., bytes]
+            ) -> str:
+    out: list[str] = []
     append = out.append
-    for s in metric.samples:
-        labels = s.labels
-        if labels:
-            pairs = ",".join([f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())])
-            append(f"{s.name}{{{pairs}}} {_value(s.value)}\n")
+    for metric in metrics:
+        if not _simple(metric):
+            text = encoder(_One(metric)).decode("utf-8")
+            if om and text.endswith(_EOF):
+                text = text[:-len(_EOF)]
+            append(text)
+            continue
+        doc = metric.documentation.replace("\\", "\\\\").replace("\n", "\\n")
+        if om:
+            name = metric.name
+            doc = doc.replace('"', '\\"')
         else:
-            append(f"{s.name} {_value(s.value)}\n")
+            name = metric.name + "_total" if metric.type == "counter" else metric.name
+        append(f"# HELP {name} {doc}\n# TYPE {name} {metric.type}\n")
+        for s in metric.samples:
+            labels = s.labels
+            if labels:
+                pairs = ",".join([f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())])
+                append(f"{s.name}{{{pairs}}} {_value(s.value, wide)}\n")
+            else:
+                append(f"{s.name} {_value(s.value, wide)}\n")
+    if om:
+        append(_EOF)
+    return "".join(out)
+
+
+def _format(encoder: Callable[..., bytes]) -> tuple[bool, bool] | None:
+    """(OpenMetrics?, old wide exponents?) for the encoder, or None when this module does
+    not write what the encoder writes (then the encoder does all the work)."""
+    try:
+        expected = encoder(_PROBE)
+    except Exception:  # noqa: BLE001 - an encoder we do not know: use it as it is
+        return None
+    om = expected.endswith(_EOF.encode())
+    for wide in (False, True):
+        if _direct(_PROBE.collect(), om, wide, encoder).encode("utf-8") == expected:
+            return om, wide
+    return None
 
 
 def encode(registry: Any, encoder: Callable[..., bytes]) -> bytes:
@@ -110,22 +168,4 @@ def encode(registry: Any, encoder: Callable[..., bytes]) -> bytes:
     fmt = _format(encoder)
     if fmt is None:
         return encoder(registry)
-    out: list[str] = []
-    for metric in registry.collect():
-        if not _simple(metric):
-            text = encoder(_One(metric)).decode("utf-8")
-            if fmt == "om" and text.endswith("# EOF\n"):
-                text = text[:-len("# EOF\n")]
-            out.append(text)
-            continue
-        doc = metric.documentation.replace("\\", "\\\\").replace("\n", "\\n")
-        if fmt == "text":
-            name = metric.name + "_total" if metric.type == "counter" else metric.name
-        else:
-            name = metric.name
-            doc = doc.replace('"', '\\"')
-        out.append(f"# HELP {name} {doc}\n# TYPE {name} {metric.type}\n")
-        _samples(out, metric)
-    if fmt == "om":
-        out.append("# EOF\n")
-    return "".join(out).encode("utf-8")
+    return _direct(registry.collect(), fmt[0], fmt[1], encoder).encode("utf-8")

@@ -12,8 +12,10 @@ import hmac
 import json
 import os
 import secrets
+import selectors
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -619,6 +621,13 @@ class _Server(ThreadingHTTPServer):
         self.sim = sim
         super().__init__(address, _Handler)
 
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = super().get_request()
+        ctx = self.sim._main_tls
+        if ctx is not None:  # the handshake runs in the connection's thread (_Handler.setup)
+            sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
     def server_bind(self) -> None:
         # HTTPServer.server_bind does a reverse DNS lookup (getfqdn); not needed on loopback.
         import socketserver
@@ -649,6 +658,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(self.timeout)
+            self.request.do_handshake()  # a failed handshake ends here (handle_error)
         super().setup()
         try:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -753,7 +765,12 @@ class Simulator:
         *,
         clock: Callable[[], float] = time.time,
         latency: float = 0.0,
+        ssl_context: ssl.SSLContext | None = None,
+        port_per_portal: bool = False,
     ) -> None:
+        """`ssl_context` (server side): portals answer over HTTPS. `port_per_portal`: each
+        portal also listens on a port of its own (its URL uses that port), as several
+        installations on one server do; the main port then stays plain HTTP (/_sim/)."""
         self.host = host
         self.port = port
         self.clock = clock
@@ -765,7 +782,17 @@ class Simulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._base_url = ""
+        self._shown = ""
         self._sockets: set[socket.socket] = set()
+        self._tls = ssl_context
+        self._main_tls = None if port_per_portal else ssl_context
+        self._port_per_portal = port_per_portal
+        self._listeners: dict[str, socket.socket] = {}  # portal name -> its own port
+        self._ports: dict[str, int] = {}
+        self._selector: selectors.BaseSelector | None = None
+        self._acceptor: threading.Thread | None = None
+        self._inflight_port: Counter[int] = Counter()
+        self._max_inflight_port: Counter[int] = Counter()
         # counters
         self._requests: Counter[tuple[str, str]] = Counter()
         self._connections = 0
@@ -790,7 +817,51 @@ class Simulator:
             self._portals[name] = portal
             self._tokens[name] = {}
             self._auth[name] = deque(maxlen=_AUTH_LOG_LIMIT)
+        if self._port_per_portal and self._server is not None:
+            self._listen_for(name)
         return portal
+
+    def _listen_for(self, name: str) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        lsock = socket.socket(family, socket.SOCK_STREAM)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsock.bind((self.host, 0))
+        lsock.listen(128)
+        lsock.setblocking(False)
+        with self._lock:
+            self._listeners[name] = lsock
+            self._ports[name] = int(lsock.getsockname()[1])
+        assert self._selector is not None
+        self._selector.register(lsock, selectors.EVENT_READ)
+
+    def _accept_loop(self) -> None:
+        """One thread accepts on every portal's own port; each connection then gets a
+        thread of the main server, as on the main port."""
+        sel = self._selector
+        assert sel is not None and self._server is not None
+        while not self._stopping.is_set():
+            for key, _ in sel.select(0.1):
+                lsock = key.fileobj
+                assert isinstance(lsock, socket.socket)
+                try:
+                    conn, addr = lsock.accept()
+                except OSError:
+                    continue
+                conn.setblocking(True)
+                if self._tls is not None:
+                    conn = self._tls.wrap_socket(conn, server_side=True,
+                                                 do_handshake_on_connect=False)
+                self._server.process_request(conn, addr)
+
+    def portal_port(self, name: str) -> int:
+        """The port a portal's URL uses."""
+        with self._lock:
+            return self._ports.get(name, self.port)
+
+    def max_concurrency_on_port(self, port: int) -> int:
+        """The most requests of portals in flight at once on one port (one origin)."""
+        with self._lock:
+            return self._max_inflight_port[port]
 
     def set_scenario(self, name: str, scenario: str) -> None:
         if scenario not in SCENARIOS:
@@ -819,7 +890,16 @@ class Simulator:
         shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
         if ":" in shown:
             shown = f"[{shown}]"
-        self._base_url = f"http://{shown}:{self.port}"
+        self._shown = shown
+        scheme = "https" if self._main_tls is not None else "http"
+        self._base_url = f"{scheme}://{shown}:{self.port}"
+        if self._port_per_portal:
+            self._selector = selectors.DefaultSelector()
+            for name in list(self._portals):
+                self._listen_for(name)
+            self._acceptor = threading.Thread(target=self._accept_loop, daemon=True,
+                                              name=f"docspace-simulator-accept:{self.port}")
+            self._acceptor.start()
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -836,6 +916,14 @@ class Simulator:
         self._stopping.set()  # wakes every stalled request
         server.shutdown()
         server.server_close()
+        if self._acceptor is not None:
+            self._acceptor.join(timeout=2)
+        with self._lock:
+            listeners = list(self._listeners.values())
+        for lsock in listeners:
+            lsock.close()
+        if self._selector is not None:
+            self._selector.close()
         with self._lock:
             open_sockets = list(self._sockets)
         for sock in open_sockets:
@@ -864,6 +952,9 @@ class Simulator:
         return self._base_url
 
     def portal_url(self, name: str) -> str:
+        if self._port_per_portal:
+            scheme = "https" if self._tls is not None else "http"
+            return f"{scheme}://{self._shown}:{self.portal_port(name)}/{name}"
         return f"{self.base_url}/{name}"
 
     # -- counters --
@@ -902,6 +993,7 @@ class Simulator:
             self._requests.clear()
             self._connections = 0
             self._max_inflight = Counter(self._inflight)
+            self._max_inflight_port = Counter(self._inflight_port)
             for log in self._auth.values():
                 log.clear()
             self._leaked = 0
@@ -992,6 +1084,7 @@ class Simulator:
 
         name = portal.name
         auth = h.headers.get("Authorization")
+        port = int(h.connection.getsockname()[1])
         with self._lock:
             self._requests[(name, endpoint)] += 1
             if auth is not None:
@@ -999,6 +1092,9 @@ class Simulator:
             self._inflight[name] += 1
             if self._inflight[name] > self._max_inflight[name]:
                 self._max_inflight[name] = self._inflight[name]
+            self._inflight_port[port] += 1
+            if self._inflight_port[port] > self._max_inflight_port[port]:
+                self._max_inflight_port[port] = self._inflight_port[port]
         try:
             if not self._sleep(self.latency + portal.latency):
                 h.close_connection = True
@@ -1007,6 +1103,7 @@ class Simulator:
         finally:
             with self._lock:
                 self._inflight[name] -= 1
+                self._inflight_port[port] -= 1
 
     def _take_rate_limit(self, p: SimPortal) -> bool:
         with self._lock:
@@ -1307,10 +1404,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-history", action="store_true", help="write history: false into the config"
     )
+    parser.add_argument(
+        "--tls-cert", metavar="PEM", help="serve the portals over HTTPS with this certificate"
+    )
+    parser.add_argument("--tls-key", metavar="PEM", help="the key of --tls-cert")
+    parser.add_argument(
+        "--port-per-portal",
+        action="store_true",
+        help="each portal on a port of its own (its URL says which); /_sim/ stays on --listen",
+    )
     args = parser.parse_args(argv)
 
     host, port = args.listen
-    sim = Simulator(host, port, latency=args.latency)
+    tls = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+    sim = Simulator(host, port, latency=args.latency, ssl_context=tls,
+                    port_per_portal=args.port_per_portal)
     if args.demo:
         add_demo_portals(sim)
     else:

@@ -145,7 +145,42 @@ def test_portal_families_take_the_fast_path(accept: str, monkeypatch: pytest.Mon
     def no_fallback(metric: Metric) -> None:
         raise AssertionError(f"{metric.name} went through prometheus_client")
 
-    encoder, _ = choose_encoder(accept)
-    expected = encoder(registries()[0])
+    library, _ = choose_encoder(accept)
+    reg = registries()[0]
+    expected = library(reg)
+    given: list[Any] = []
+
+    def encoder(registry: Any) -> bytes:
+        given.append(registry)
+        return library(registry)
+
     monkeypatch.setattr(exposition, "_One", no_fallback)
-    assert exposition.encode(registries()[0], encoder) == expected
+    assert exposition.encode(reg, encoder) == expected
+    assert reg not in given  # the library only ever rendered the small probe
+
+
+def test_reads_no_library_internals() -> None:
+    """The module decides from the encoder's own output, not from prometheus_client's
+    internals (functools.partial keywords, escaping constants, private helpers), which
+    differ between releases: it imports only the public metric families."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(exposition.__file__).read_text(encoding="utf-8"))
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    library = [m for m in imported if m.startswith("prometheus_client")]
+    assert library == ["prometheus_client.core"], imported
+
+
+def test_an_encoder_writing_other_bytes_does_all_the_work() -> None:
+    """An encoder whose output differs from the direct path in any detail (here: every
+    value written another way) is used for the whole registry."""
+    text, _ = choose_encoder("")
+
+    def other(registry: Any) -> bytes:
+        return text(registry).replace(b" 1.0\n", b" 1\n")
+
+    reg = registries()[0]
+    assert exposition.encode(reg, other) == other(reg)
+    assert b" 1\n" in other(reg)
