@@ -469,7 +469,10 @@ class DocSpaceClient:
         timer: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         host_limit: threading.BoundedSemaphore | None = None,
-        pool_size: int = 4,
+        # The most calls one scrape makes at once: the three backup endpoints, history, and
+        # settings and tariff on their hourly read. A smaller pool would open and discard a
+        # connection (a TLS handshake) per extra call on that scrape.
+        pool_size: int = 6,
     ) -> None:
         self.portal = portal
         self._clock = clock or wall_clock
