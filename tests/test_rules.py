@@ -45,8 +45,8 @@ def _readme_section(begin: str, end: str) -> str:
 # --- promtool -------------------------------------------------------------------------
 
 
-def test_promtool_check_rules() -> None:
-    promtool = dh.binary("promtool")
+def test_promtool_check_rules(prom: dh.PromRelease) -> None:
+    promtool = prom.promtool
     result = dh.run([promtool, "check", "rules", str(dh.RULES_FILE)])
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -54,8 +54,8 @@ def test_promtool_check_rules() -> None:
     assert f"SUCCESS: {n_rules} rules found" in output, output
 
 
-def test_promtool_unit_tests_pass() -> None:
-    promtool = dh.binary("promtool")
+def test_promtool_unit_tests_pass(prom: dh.PromRelease) -> None:
+    promtool = prom.promtool
     files = sorted(dh.RULE_TESTS_DIR.glob("*.yml"))
     assert len(files) >= 3, files
     result = dh.run([promtool, "test", "rules", *map(str, files)], cwd=dh.RULE_TESTS_DIR)
@@ -65,9 +65,9 @@ def test_promtool_unit_tests_pass() -> None:
     assert output.count("SUCCESS") == len(files), output
 
 
-def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
+def test_promtool_unit_tests_can_fail(prom: dh.PromRelease, tmp_path: Path) -> None:
     """The unit tests pin the thresholds: a rule file with a different staleness factor fails."""
-    promtool = dh.binary("promtool")
+    promtool = prom.promtool
     text = dh.RULES_FILE.read_text()
     assert text.count("> 1.5 * last_over_time") == 1
     (tmp_path / "docspace-backup.rules.yml").write_text(
@@ -169,8 +169,8 @@ def test_every_runbook_anchor_has_a_readme_heading() -> None:
 # --- Alertmanager ---------------------------------------------------------------------
 
 
-def test_amtool_check_config() -> None:
-    amtool = dh.binary("amtool")
+def test_amtool_check_config(prom: dh.PromRelease) -> None:
+    amtool = prom.amtool
     result = dh.run([amtool, "check-config", str(dh.ALERTMANAGER_CONFIG)])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
@@ -182,8 +182,9 @@ def test_amtool_check_config() -> None:
     (["severity=info", "alertname=DocSpaceRestoreInProgress", "portal=p"], "blackhole"),
     (["alertname=SomethingElse"], "default"),
 ])
-def test_alertmanager_routes_by_severity(labels: list[str], receiver: str) -> None:
-    amtool = dh.binary("amtool")
+def test_alertmanager_routes_by_severity(prom: dh.PromRelease, labels: list[str],
+                                        receiver: str) -> None:
+    amtool = prom.amtool
     result = dh.run([amtool, "config", "routes", "test",
                      f"--config.file={dh.ALERTMANAGER_CONFIG}", *labels])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -228,8 +229,8 @@ def test_example_receivers_are_loopback() -> None:
 
 @pytest.mark.parametrize("config", [dh.PROMETHEUS_CONFIG, dh.PROMETHEUS_SHARDED_CONFIG],
                          ids=lambda p: p.name)
-def test_promtool_check_config(config: Path) -> None:
-    promtool = dh.binary("promtool")
+def test_promtool_check_config(prom: dh.PromRelease, config: Path) -> None:
+    promtool = prom.promtool
     result = dh.run([promtool, "check", "config", str(config)])
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
