@@ -150,6 +150,21 @@ def test_dockerignore_lets_in_only_the_build_sources() -> None:
         assert dockerignored(unwanted, patterns), unwanted
 
 
+RUNTIME_MODULES = ("prometheus_client", "requests", "urllib3", "yaml", "bcrypt")
+
+
+def dependency_dirs() -> list[str]:
+    """The directories this interpreter imports the runtime dependencies from."""
+    dirs = []
+    for module in RUNTIME_MODULES:
+        spec = importlib.util.find_spec(module)
+        assert spec and spec.origin, module
+        where = str(Path(spec.origin).parent.parent)
+        if where not in dirs:
+            dirs.append(where)
+    return dirs
+
+
 def test_dockerfile_install_steps_in_a_fresh_venv(tmp_path: Path) -> None:
     """Replays the builder (COPY sources, `pip wheel`) and the runtime install in tmp dirs,
     then runs the console script, the CMD's config flag and the HEALTHCHECK command."""
@@ -178,12 +193,19 @@ def test_dockerfile_install_steps_in_a_fresh_venv(tmp_path: Path) -> None:
     assert not [n for n in names if n.startswith(("tests/", "deploy/"))]
     assert re.search(r"docspace-backup-exporter\s*=\s*exporter\.cli:main", entry_points)
 
-    # Runtime: a fresh venv; dependencies come from this interpreter's site-packages so the
-    # test works offline (the image installs them from the builder's wheels instead).
+    # Runtime: a fresh venv that sees the runtime dependencies where the interpreter running
+    # the tests imports them from, so that the test works offline (the image installs them
+    # from the builder's wheels instead). Not `--system-site-packages`: when the tests run in a
+    # venv, that would show the base interpreter's packages, not this venv's.
     venv = tmp_path / "venv"
-    made = dh.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    made = dh.run([sys.executable, "-m", "venv", str(venv)])
     assert made.returncode == 0, made.stderr
     bindir = venv / ("Scripts" if os.name == "nt" else "bin")
+    purelib = dh.run([str(bindir / "python"), "-c",
+                      "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+    assert purelib.returncode == 0, purelib.stderr
+    (Path(purelib.stdout.strip()) / "runtime-deps.pth").write_text(
+        "".join(f"{d}\n" for d in dependency_dirs()))
     installed = dh.run([str(bindir / "python"), "-m", "pip", "install", "--no-cache-dir",
                         "--no-index", "--no-deps", str(wheel)], cwd=tmp_path, timeout=300)
     assert installed.returncode == 0, installed.stdout + installed.stderr
