@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import ast
 import fnmatch
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -15,6 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 try:
@@ -151,6 +154,37 @@ def test_dockerignore_lets_in_only_the_build_sources() -> None:
 
 
 RUNTIME_MODULES = ("prometheus_client", "requests", "urllib3", "yaml", "bcrypt")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_third_party_import_is_a_declared_dependency_with_a_floor() -> None:
+    """What exporter/ imports (at module level or lazily) outside the standard library is a
+    declared runtime dependency, each with the `>=` floor that .ci/floors installs and tests;
+    urllib3 is imported directly, so it is declared, not left to requests."""
+    tomllib = pytest.importorskip("tomllib")
+    deps = tomllib.loads((dh.REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {}
+    for dep in deps:
+        m = re.fullmatch(r"([A-Za-z0-9._-]+)>=([0-9][0-9A-Za-z.]*)", dep.replace(" ", ""))
+        assert m, f"{dep!r}: every runtime dependency needs a plain `>=` floor"
+        floors[_canonical(m.group(1))] = m.group(2)
+    imported = set()
+    for source in (dh.REPO / "exporter").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"exporter", "__future__"}
+    assert set(RUNTIME_MODULES) <= third_party, third_party
+    providers = importlib.metadata.packages_distributions()
+    for module in sorted(third_party):
+        dists = {_canonical(d) for d in providers.get(module, [])}
+        assert dists & set(floors), f"exporter/ imports {module} ({dists}) but " \
+                                    f"pyproject.toml declares only {sorted(floors)}"
 
 
 def dependency_dirs() -> list[str]:
