@@ -318,6 +318,16 @@ def test_compose_services_and_mounts() -> None:
     assert named == set(doc["volumes"])
 
 
+def test_compose_runs_prometheus_3_lts_and_a_matching_alertmanager() -> None:
+    """The demo stack runs what CI tests beside Prometheus 2: Prometheus 3 (the 3.5 LTS line)
+    and an Alertmanager made for it (>= 0.28)."""
+    services = compose()["services"]
+    prometheus = services["prometheus"]["image"].rsplit(":v", 1)[1]
+    alertmanager = services["alertmanager"]["image"].rsplit(":v", 1)[1]
+    assert prometheus.split(".")[:2] == ["3", "5"], prometheus
+    assert tuple(map(int, alertmanager.split("."))) >= dh.ALERTMANAGER_MIN_WITH_PROM3
+
+
 def test_compose_prometheus_gets_the_shipped_config_and_rules() -> None:
     services = compose()["services"]
     mounts = bind_mounts(services["prometheus"])
