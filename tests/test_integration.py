@@ -411,6 +411,40 @@ def test_demo_mode_serves_every_scenario() -> None:
     assert "msg=listening" in err
 
 
+def test_demo_listens_on_loopback_unless_an_address_is_given() -> None:
+    """`--demo` alone serves 127.0.0.1 only (the README says loopback); an explicit
+    --web.listen-address still wins, and without --demo the default is every interface."""
+    from exporter import cli
+
+    def address(*argv: str) -> tuple[str, int]:
+        return cli.listen_address(cli.build_parser().parse_args(list(argv)))
+
+    assert address("--demo") == ("127.0.0.1", cli.DEFAULT_PORT)
+    assert address("--demo", "--web.listen-address", ":9") == ("::", 9)
+    assert address("--demo", "--web.listen-address", "[::1]:9") == ("::1", 9)
+    assert address() == ("::", cli.DEFAULT_PORT)
+    # The real demo, started as users do (no address), with the default port swapped for a
+    # free one so that the test takes no fixed port: it binds loopback and serves there.
+    code = "import exporter.cli as c; c.DEFAULT_PORT = 0; raise SystemExit(c.main(['--demo']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = ""
+        deadline = time.monotonic() + 30
+        while "msg=listening" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "the demo exited before listening"
+        listening = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        host, _, port = listening["address"].rpartition(":")
+        assert host == "127.0.0.1", line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/healthy", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        rc, err = _stop_cli(proc)
+    assert rc == 0, err
+
+
 def test_sighup_reloads_the_config_file(sim: Simulator, tmp_path: Path) -> None:
     sim.add_portal("a", "healthy")
     sim.add_portal("b", "healthy")
