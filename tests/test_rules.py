@@ -310,3 +310,24 @@ def test_missing_binary_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.Monk
     with pytest.raises(pytest.skip.Exception, match="not installed"):
         dh.binary(missing)
     assert dh.binary("sh").endswith("/sh")
+
+
+def test_missing_or_wrong_prometheus3_fails_in_ci(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    """The `prom` fixture's prometheus3 half: a missing 3.x fails with CI=true and skips
+    elsewhere; a 2.x binary offered as 3.x is refused."""
+    monkeypatch.setenv("PROMETHEUS3_BIN", str(tmp_path / "no-such-prometheus"))
+    found = dh._find_release(3)
+    assert isinstance(found, str) and "prometheus" in found, found
+    monkeypatch.setitem(dh._RELEASES, 3, found)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        dh.prom_release(3)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="Prometheus 3.x"):
+        dh.prom_release(3)
+    two = dh.prom_release(2)  # Debian's 2.x (skips outside CI when missing)
+    for tool in ("prometheus", "promtool", "alertmanager", "amtool"):
+        monkeypatch.setenv(f"{tool.upper()}3_BIN", getattr(two, tool))
+    refused = dh._find_release(3)
+    assert isinstance(refused, str) and "is version 2." in refused, refused
