@@ -13,7 +13,8 @@ from types import FrameType
 from exporter import __version__, logs
 from exporter.config import ApiKeyAuth, Config, ConfigError, PasswordAuth, PortalConfig, Secret
 from exporter.config import load_config as load_config_file
-from exporter.server import ExporterApp, ExporterHTTPServer, load_web_config
+from exporter.server import ExporterApp, ExporterHTTPServer
+from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter")
 
@@ -95,6 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(args.log_level, args.log_format)
 
     if args.config_check:
+        failed = False
+        if args.web_config:  # the web config is checked as at start-up, key by key
+            try:
+                load_web_config(args.web_config)
+            except ConfigError as exc:
+                print(f"{args.web_config}: {len(exc.problems)} problem(s):", file=sys.stderr)
+                for problem in exc.problems:
+                    print(f"  {problem}", file=sys.stderr)
+                failed = True
         try:
             cfg = load_config_file(args.config_file)
         except ConfigError as exc:
@@ -102,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for problem in exc.problems:
                 print(f"  {problem}", file=sys.stderr)
             return 1
+        if failed:
+            return 1
+        if args.web_config:
+            print(f"{args.web_config}: OK")
         print(f"{args.config_file}: OK, {len(cfg.portals)} portal(s): "
               + ", ".join(p.name for p in cfg.portals))
         return 0
@@ -144,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = ExporterApp(cfg, loader=loader, telemetry_path=args.telemetry_path,
                       on_config=on_config)
     try:
-        server = ExporterHTTPServer(args.listen, app, web)
+        server = ExporterHTTPServer(args.listen, app, web, web_path=args.web_config)
     except OSError as exc:
         log.error("cannot listen", extra={"address": f"{args.listen[0]}:{args.listen[1]}",
                                           "err": exc.strerror or str(exc)})
@@ -155,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threading.Thread(target=server.graceful_shutdown, daemon=True).start()
 
     def on_hup(signum: int, frame: FrameType | None) -> None:
-        threading.Thread(target=app.reload, daemon=True, name="reload").start()
+        app.request_reload()  # queued for the one reload worker; last request wins
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)

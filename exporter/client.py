@@ -26,12 +26,16 @@ from exporter.config import ApiKeyAuth, PasswordAuth, PortalConfig, TokenAuth
 from exporter.model import (
     History,
     ParseError,
+    PortalSettings,
     Schedule,
+    Tariff,
     Task,
     decode_envelope,
     parse_history,
     parse_login,
     parse_schedule,
+    parse_settings,
+    parse_tariff,
     parse_task,
 )
 
@@ -43,7 +47,13 @@ ENDPOINT_PATHS = {
     "backup_progress": "/backup/getbackupprogress",
     "restore_progress": "/backup/getrestoreprogress",
     "history": "/backup/getbackuphistory",
+    # Served by the web API, not the backup service (docspace-api.md section 15); the
+    # collector reads them at most once an hour per portal.
+    "settings": "/settings",
+    "tariff": "/portal/tariff",
 }
+# Endpoints that take the Dump flag; settings and tariff do not.
+DUMP_ENDPOINTS = ("schedule", "backup_progress", "restore_progress", "history")
 REASONS = (
     "timeout", "connection", "tls", "unauthorized", "forbidden", "payment_required",
     "not_found", "rate_limited", "http_error", "invalid_response",
@@ -636,7 +646,7 @@ class DocSpaceClient:
 
     def get(self, endpoint: str, deadline: float) -> tuple[bool, Any]:
         """GET one backup endpoint -> decoded envelope. Raises FetchError."""
-        params = {"Dump": "true"} if self.portal.dump else None
+        params = {"Dump": "true"} if self.portal.dump and endpoint in DUMP_ENDPOINTS else None
         path = API + ENDPOINT_PATHS[endpoint]
         if self.needs_login():
             # No token yet, or DocSpace's `expires` is near: log in before the call
@@ -663,6 +673,12 @@ class DocSpaceClient:
 
     def history(self, deadline: float) -> History:
         return self._parsed("history", deadline, parse_history)
+
+    def settings(self, deadline: float) -> PortalSettings:
+        return self._parsed("settings", deadline, parse_settings)
+
+    def tariff(self, deadline: float) -> Tariff:
+        return self._parsed("tariff", deadline, parse_tariff)
 
     def _parsed(self, endpoint: str, deadline: float, parser: Callable[[bool, Any], Any]) -> Any:
         present, response = self.get(endpoint, deadline)

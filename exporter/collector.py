@@ -16,8 +16,9 @@ from prometheus_client.registry import Collector
 from exporter import __version__, logs, metrics
 from exporter.client import DocSpaceClient, FetchError, wall_clock
 from exporter.config import DEFAULT_MAX_CONCURRENCY, Config, PortalConfig
-from exporter.metrics import PortalData
-from exporter.model import Task
+from exporter.metrics import SIDE_ENDPOINTS, PortalData
+from exporter.model import PortalSettings, Task
+from exporter.schedule import zone
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,20 @@ log = logging.getLogger(__name__)
 SCRAPE_TIMEOUT_OFFSET = 0.5
 # Each call must give up a little before the scrape's end so its error is known in time.
 CALL_MARGIN = 0.05
+# Settings (time zone, version) and tariff change rarely: each is read at most once per this
+# many seconds per portal, and again on the next scrape after a failed read (contract 5a).
+SIDE_REFRESH = 3600.0
+
+
+class _Side:
+    """The last read of a slow-changing endpoint (settings or tariff) of one portal."""
+
+    __slots__ = ("value", "read_at", "failed")
+
+    def __init__(self) -> None:
+        self.value: Any = None  # last successful answer, kept across a failed refresh
+        self.read_at: float | None = None  # cache_timer() of the last successful read
+        self.failed = False  # the last attempt failed: retry on the next scrape
 
 
 class _Fetch:
@@ -50,8 +65,12 @@ class Scraper:
         max_requests_per_host: int = 8,
         timer: Callable[[], float] = time.monotonic,
         client_factory: Callable[..., DocSpaceClient] = DocSpaceClient,
+        cache_timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._timer = timer
+        self._cache_timer = cache_timer
+        # portal name -> (its config, endpoint -> _Side); guarded by self._lock
+        self._side: dict[str, tuple[PortalConfig, dict[str, _Side]]] = {}
         self._client_factory = client_factory
         self._max_per_host = max_requests_per_host
         self._pool = ThreadPoolExecutor(max_workers=max_workers,
@@ -93,6 +112,9 @@ class Scraper:
             for key in list(self._errors):
                 if key[0] not in keep:
                     del self._errors[key]
+            for name in list(self._side):
+                if name not in keep or self._side[name][0] != keep[name]:
+                    del self._side[name]
         self.failure_log.retain(keep)
 
     def close(self) -> None:
@@ -133,6 +155,9 @@ class Scraper:
         ]
         if portal.history:
             calls.append(("history", client.history))
+        calls += [(endpoint, fn) for endpoint, fn in
+                  (("settings", client.settings), ("tariff", client.tariff))
+                  if self._side_due(portal, endpoint)]
         fetch.remaining = len(calls)
         for endpoint, fn in calls:
             try:
@@ -143,6 +168,39 @@ class Scraper:
             fetch.futures[endpoint] = fut
             fut.add_done_callback(functools.partial(self._call_done, fetch, endpoint))
         return fetch
+
+    def _side_entries(self, portal: PortalConfig) -> dict[str, _Side]:
+        """The portal's cache entries (self._lock held); a changed config (another URL or
+        credentials) starts them afresh."""
+        held = self._side.get(portal.name)
+        if held is None or held[0] != portal:
+            held = self._side[portal.name] = (portal, {})
+        return held[1]
+
+    def _side_due(self, portal: PortalConfig, endpoint: str) -> bool:
+        """Whether settings/tariff must be read in this fetch: never read, last read failed,
+        or an hour passed since the last successful read."""
+        with self._lock:
+            side = self._side_entries(portal).get(endpoint)
+            if side is None or side.failed or side.read_at is None:
+                return True
+            return self._cache_timer() - side.read_at >= SIDE_REFRESH
+
+    def _side_store(self, portal: PortalConfig, endpoint: str, fut: Future[Any]) -> None:
+        ok = not fut.cancelled() and fut.exception() is None
+        with self._lock:
+            side = self._side_entries(portal).setdefault(endpoint, _Side())
+            if ok:
+                side.value = fut.result()
+                side.read_at = self._cache_timer()
+                side.failed = False
+            else:
+                side.failed = True
+
+    def _side_value(self, portal: PortalConfig, endpoint: str) -> Any:
+        with self._lock:
+            side = self._side_entries(portal).get(endpoint)
+            return None if side is None else side.value
 
     def _call_done(self, fetch: _Fetch, endpoint: str, fut: Future[Any]) -> None:
         with fetch.lock:
@@ -158,6 +216,8 @@ class Scraper:
         login_counted = False
         failures: list[tuple[str, str, str]] = []  # endpoint, reason, message
         for endpoint, fut in fetch.futures.items():
+            if endpoint in SIDE_ENDPOINTS:
+                self._side_store(fetch.portal, endpoint, fut)
             exc = fut.exception() if not fut.cancelled() else None
             if exc is None:
                 task = fut.result()
@@ -236,10 +296,34 @@ class Scraper:
                 data.failed[endpoint] = _as_fetch_error(exc, p.name, endpoint).reason
         if not fetch.futures:
             data.failed["schedule"] = "connection"
+        # Settings and tariff not read in this fetch come from the hourly cache (the one
+        # documented cache); one whose read failed in this fetch is left out.
+        for endpoint in SIDE_ENDPOINTS:
+            if endpoint not in fetch.futures and fetch.futures:
+                cached = self._side_value(p, endpoint)
+                if cached is not None:
+                    data.ok[endpoint] = cached
+        data.zone = self._zone(p, data)
         finished = fetch.finished if fetch.done.is_set() and fetch.finished else now
         # A scrape that joined a fetch another one started reports the fetch's duration.
         data.duration = max(0.0, min(finished, now) - fetch.started)
         return data
+
+
+    def _zone(self, p: PortalConfig, data: PortalData) -> str | None:
+        """The zone DocSpace's scheduler uses for this portal: the config's `timezone`, else
+        UTC for a dump schedule (tenant -1 has no zone in its row; inferred), else the
+        portal's settings (the last successful read, also when a refresh just failed)."""
+        if p.timezone:
+            return p.timezone
+        if p.dump:
+            return "UTC"
+        settings = data.ok.get("settings")
+        if not isinstance(settings, PortalSettings):
+            settings = self._side_value(p, "settings")
+        if isinstance(settings, PortalSettings) and zone(settings.timezone) is not None:
+            return settings.timezone
+        return None
 
 
 def _as_fetch_error(exc: BaseException, portal: str, endpoint: str) -> FetchError:

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from exporter.schedule import zone
+
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -42,6 +44,7 @@ PORTAL_KEYS = {
     "password",
     "password_file",
     "max_response_bytes",
+    "timezone",
 }
 DEFAULTABLE_KEYS = PORTAL_KEYS - {"name", "url"}
 TOP_KEYS = {"defaults", "portals", "max_concurrency", "max_requests_per_host"}
@@ -115,6 +118,8 @@ class PortalConfig:
     ca_file: str | None = None
     insecure_skip_verify: bool = False
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    # IANA zone that overrides the one the portal reports (GET /api/2.0/settings).
+    timezone: str | None = None
 
     @property
     def auth_method(self) -> str:
@@ -342,6 +347,14 @@ def _portal(loader: _Loader, path: str, raw: Any, defaults: dict[str, Any]) -> P
                 loader.problem(paths["ca_file"], f"cannot read {ca_file}: {exc.strerror or exc}")
             ca_file = str(ca_path)
 
+    timezone = None
+    if "timezone" in vals:
+        timezone = loader.string(paths["timezone"], vals["timezone"])
+        if timezone is not None and zone(timezone) is None:
+            loader.problem(paths["timezone"], f"{timezone!r} is not an IANA time zone "
+                           "(like Europe/Berlin) known to this system's tz database")
+            timezone = None
+
     auth = _auth(loader, path, vals, paths)
     if len(loader.problems) != before or name is None or url is None or auth is None:
         return None
@@ -355,6 +368,7 @@ def _portal(loader: _Loader, path: str, raw: Any, defaults: dict[str, Any]) -> P
         ca_file=ca_file,
         insecure_skip_verify=insecure,
         max_response_bytes=max_bytes,
+        timezone=timezone,
     )
 
 

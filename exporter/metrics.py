@@ -8,9 +8,20 @@ from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from exporter.model import TASK_STATES, History, Schedule, Task
+from exporter import schedule as sched
+from exporter.model import (
+    TARIFF_STATES,
+    TASK_STATES,
+    History,
+    PortalSettings,
+    Schedule,
+    Tariff,
+    Task,
+)
 
 ENDPOINTS = ("schedule", "backup_progress", "restore_progress", "history")
+# Read at most once an hour (collector.SIDE_REFRESH); not part of docspace_up.
+SIDE_ENDPOINTS = ("settings", "tariff")
 
 
 @dataclass
@@ -24,10 +35,13 @@ class PortalData:
     ok: dict[str, object] = field(default_factory=dict)
     # endpoint -> reason for each endpoint that failed (or missed the deadline)
     failed: dict[str, str] = field(default_factory=dict)
+    # IANA zone DocSpace's scheduler uses for this portal; None when unknown
+    zone: str | None = None
 
     @property
     def up(self) -> bool:
-        return not self.failed
+        # About the backup API only: settings and tariff failures never make it 0.
+        return not any(e not in SIDE_ENDPOINTS for e in self.failed)
 
 
 def _gauge(name: str, doc: str, labels: Iterable[str] = ("portal",)) -> GaugeMetricFamily:
@@ -48,8 +62,24 @@ def portal_families(portals: list[PortalData], now: float) -> list[Metric]:
         "docspace_backup_schedule_info", "Automatic backup schedule settings (always 1).",
         ("portal", "period", "hour", "day", "storage_type", "dump"))
     interval = _gauge("docspace_backup_schedule_expected_interval_seconds",
-                      "Seconds between scheduled backups: 86400 daily, 604800 weekly, "
-                      "2678400 monthly.")
+                      "The longest gap between two due times of the schedule: 86400 daily, "
+                      "604800 weekly, monthly 2678400 (day 1-28), 5097600 (29), 5184000 (30), "
+                      "5270400 (31).")
+    next_due = _gauge("docspace_backup_schedule_next_due_timestamp_seconds",
+                      "Unix time DocSpace's scheduler considers the next scheduled backup due "
+                      "(cron in the portal's time zone, first time after lastBackupTime). In "
+                      "the past: the scheduler should have started it. Absent without a "
+                      "schedule or a known time zone.")
+    settings_info = _gauge("docspace_portal_settings_info",
+                           "Portal settings from GET /api/2.0/settings (always 1): the time "
+                           "zone the scheduler uses and the DocSpace version.",
+                           ("portal", "timezone", "version"))
+    tariff_state = _gauge("docspace_portal_tariff_state",
+                          "Tariff state from GET /api/2.0/portal/tariff: 1 for the current "
+                          "state. At delay or not_paid DocSpace skips scheduled backups.",
+                          ("portal", "state"))
+    tariff_due = _gauge("docspace_portal_tariff_due_timestamp_seconds",
+                        "The tariff's dueDate as Unix time, when the portal reports one.")
     stored = _gauge("docspace_backup_schedule_backups_stored",
                     "How many backup copies the schedule keeps (backupsStored).")
     last_ts = _gauge("docspace_backup_schedule_last_backup_timestamp_seconds",
@@ -106,6 +136,11 @@ def portal_families(portals: list[PortalData], now: float) -> list[Metric]:
                 if s.last_backup_time is not None:
                     last_ts.add_metric([name], s.last_backup_time)
                     last_age.add_metric([name], max(0.0, now - s.last_backup_time))
+                tz = sched.zone(p.zone) if p.zone else None
+                if tz is not None:
+                    due = sched.next_due(s.period, s.hour, s.day, s.last_backup_time, tz, now)
+                    if due is not None:
+                        next_due.add_metric([name], due)
 
         for kind, endpoint in (("backup", "backup_progress"), ("restore", "restore_progress")):
             if endpoint not in p.ok:
@@ -124,6 +159,16 @@ def portal_families(portals: list[PortalData], now: float) -> list[Metric]:
             if kind == "backup":
                 warning.add_metric([name], 1.0 if t.has_warning else 0.0)
 
+        settings = p.ok.get("settings")
+        if isinstance(settings, PortalSettings):
+            settings_info.add_metric([name, settings.timezone, settings.version], 1.0)
+        tariff = p.ok.get("tariff")
+        if isinstance(tariff, Tariff):
+            for state in TARIFF_STATES:
+                tariff_state.add_metric([name, state], 1.0 if state == tariff.state else 0.0)
+            if tariff.due is not None:
+                tariff_due.add_metric([name], tariff.due)
+
         if "history" in p.ok:
             h = p.ok["history"]
             if not isinstance(h, History):
@@ -137,7 +182,8 @@ def portal_families(portals: list[PortalData], now: float) -> list[Metric]:
     for kind in ("backup", "restore"):
         f = task_fams[kind]
         families += [f["ratio"], f["completed"], f["failed"], f["status"]]
-    families += [warning, hist_count, hist_last]
+    families += [warning, hist_count, hist_last, next_due, settings_info, tariff_state,
+                 tariff_due]
     return families
 
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from exporter.schedule import expected_interval_seconds
+
 PERIODS = {0: "daily", 1: "weekly", 2: "monthly"}
 PERIOD_NAMES = {"everyday": 0, "everyweek": 1, "everymonth": 2}
-EXPECTED_INTERVAL = {"daily": 86400.0, "weekly": 604800.0, "monthly": 2678400.0}
 
 STORAGE_TYPES = {
     0: "documents",
@@ -68,7 +69,8 @@ class Schedule:
 
     @property
     def expected_interval(self) -> float | None:
-        return EXPECTED_INTERVAL.get(self.period)
+        # Exact per schedule: monthly day 29-31 skips months without that day.
+        return expected_interval_seconds(self.period, self.day)
 
 
 @dataclass(frozen=True)
@@ -326,3 +328,64 @@ def parse_login(present: bool, response: Any) -> tuple[str, float | None]:
     expires_raw = response.get("expires")
     expires = parse_datetime(expires_raw) if expires_raw is not None else None
     return token, expires
+
+
+# TariffState (web/ASC.Web.Api PortalController.GetPortalTariff): 0 Trial, 1 Paid, 2 Delay,
+# 3 NotPaid. At Delay and above the scheduler skips scheduled backups silently.
+TARIFF_STATES = ("trial", "paid", "delay", "not_paid")
+TARIFF_STATE_NAMES = {"trial": 0, "paid": 1, "delay": 2, "notpaid": 3, "not_paid": 3}
+# Longest timezone / version text kept for a label; anything longer is cut (a label value
+# from the API must stay small whatever the portal sends).
+MAX_LABEL_TEXT = 100
+
+
+@dataclass(frozen=True)
+class PortalSettings:
+    """GET /api/2.0/settings: the zone DocSpace's scheduler uses, and the version."""
+
+    timezone: str  # IANA id as the portal reports it; "" when it sent none
+    version: str
+    tenant_status: int | None  # 0 Active ... 4 Restoring ...; None when absent
+
+
+@dataclass(frozen=True)
+class Tariff:
+    """GET /api/2.0/portal/tariff: the billing state and its due date."""
+
+    state: str | None  # one of TARIFF_STATES; None for a number this exporter does not know
+    due: float | None  # dueDate as Unix time; None when absent (non-admin caller) or 0001-01-01
+
+
+def _label_text(value: Any, key: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ParseError(f"{key} is not a string")
+    text = "".join(c for c in value.strip() if c.isprintable())
+    return text[:MAX_LABEL_TEXT]
+
+
+def parse_settings(present: bool, response: Any) -> PortalSettings:
+    """/api/2.0/settings -> PortalSettings. `timezone` is only filled for an authenticated
+    caller; its absence is kept as "" (the zone is then unknown to the exporter)."""
+    if not present or not isinstance(response, dict):
+        raise ParseError("settings answer has no response object")
+    status = None
+    if response.get("tenantStatus") is not None:
+        status = _int(response, "tenantStatus")
+    return PortalSettings(
+        timezone=_label_text(response.get("timezone"), "timezone"),
+        version=_label_text(response.get("version"), "version"),
+        tenant_status=status,
+    )
+
+
+def parse_tariff(present: bool, response: Any) -> Tariff:
+    """/api/2.0/portal/tariff -> Tariff. dueDate is only sent to a DocSpace admin."""
+    if not present or not isinstance(response, dict):
+        raise ParseError("tariff answer has no response object")
+    n = _enum(response.get("state"), TARIFF_STATE_NAMES, "state")
+    due = None
+    if response.get("dueDate") is not None:
+        due = parse_datetime(response["dueDate"])
+    return Tariff(state=TARIFF_STATES[n] if 0 <= n < len(TARIFF_STATES) else None, due=due)

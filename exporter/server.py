@@ -1,24 +1,22 @@
-"""HTTP routing (/, /metrics, /probe, /-/...) and the web config (TLS, basic auth)."""
+"""HTTP serving: the route table (/, /metrics, /probe, /-/...), reloads, and the web config
+(exporter/webconfig.py) applied to every connection and request."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import gzip
-import hashlib
 import html
 import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
@@ -34,202 +32,28 @@ from exporter.collector import (
     Scraper,
 )
 from exporter.config import DEFAULT_MAX_CONCURRENCY, Config, ConfigError
+from exporter.webconfig import (
+    BasicAuth,
+    TokenBucket,
+    WebConfig,
+    files_signature,
+    load_web_config,
+    peer_sans,
+)
+
+__all__ = ["ExporterApp", "ExporterHTTPServer", "Handler", "Route", "WebConfig",
+           "load_web_config"]
 
 log = logging.getLogger(__name__)
 
-CLIENT_AUTH_TYPES = {
-    "NoClientCert": ssl.CERT_NONE,
-    "RequestClientCert": ssl.CERT_OPTIONAL,
-    "RequireAnyClientCert": ssl.CERT_REQUIRED,
-    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
-}
-TLS_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2,
-    "TLS13": ssl.TLSVersion.TLSv1_3,
-}
-TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version",
-            "max_version", "cipher_suites", "curve_preferences", "prefer_server_cipher_suites",
-            "client_allowed_sans"}
-# Health endpoints answer without basic auth so container and kubelet probes work; they
-# reveal nothing but "up".
-UNAUTHENTICATED_PATHS = {"/-/healthy", "/-/ready"}
 MAX_QUERY = 4096
-
-
-@dataclass(frozen=True)
-class WebConfig:
-    """exporter-toolkit's web-config.yml, the parts that apply to this exporter."""
-
-    ssl_context: ssl.SSLContext | None = None
-    users: dict[str, bytes] = field(default_factory=dict, repr=False)
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def load_web_config(path: str | None) -> WebConfig:
-    """Parse --web.config.file. Raises ConfigError listing every problem."""
-    if not path:
-        return WebConfig()
-    problems: list[str] = []
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read web config: {exc.strerror or exc}"]) from None
-    except yaml.YAMLError:
-        raise ConfigError([f"{path}: web config is not valid YAML"]) from None
-    if data is None:
-        return WebConfig()
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: web config must be a mapping"])
-    base = Path(path).resolve().parent
-    for key in sorted(set(data) - {"tls_server_config", "basic_auth_users",
-                                   "http_server_config"}, key=str):
-        problems.append(f"{key}: unknown key")
-
-    ctx = None
-    tls = data.get("tls_server_config")
-    if tls is not None:
-        ctx = _tls_context(tls, base, problems)
-
-    users: dict[str, bytes] = {}
-    raw_users = data.get("basic_auth_users")
-    if raw_users is not None:
-        if not isinstance(raw_users, dict):
-            problems.append("basic_auth_users: must be a mapping of user: bcrypt hash")
-        else:
-            for user, hashed in raw_users.items():
-                if not isinstance(user, str) or not isinstance(hashed, str) or not (
-                    hashed.startswith(("$2a$", "$2b$", "$2y$"))
-                ):
-                    problems.append(f"basic_auth_users.{user}: must be a bcrypt hash "
-                                    "($2a$/$2b$/$2y$), not a plain password")
-                    continue
-                users[user] = hashed.encode()
-
-    headers: dict[str, str] = {}
-    http_cfg = data.get("http_server_config")
-    if http_cfg is not None:
-        if not isinstance(http_cfg, dict):
-            problems.append("http_server_config: must be a mapping")
-        else:
-            for key in sorted(set(http_cfg) - {"headers", "http2"}, key=str):
-                problems.append(f"http_server_config.{key}: unknown key")
-            raw_headers = http_cfg.get("headers") or {}
-            if not isinstance(raw_headers, dict):
-                problems.append("http_server_config.headers: must be a mapping")
-            else:
-                headers = {str(k): str(v) for k, v in raw_headers.items()}
-    if problems:
-        raise ConfigError([f"{path}: {p}" for p in problems])
-    return WebConfig(ssl_context=ctx, users=users, headers=headers)
-
-
-def _tls_context(tls: Any, base: Path, problems: list[str]) -> ssl.SSLContext | None:
-    if not isinstance(tls, dict):
-        problems.append("tls_server_config: must be a mapping")
-        return None
-    for key in sorted(set(tls) - TLS_KEYS, key=str):
-        problems.append(f"tls_server_config.{key}: unknown key")
-
-    def file_of(key: str) -> str | None:
-        value = tls.get(key)
-        if value is None:
-            return None
-        p = Path(str(value))
-        if not p.is_absolute():
-            p = base / p
-        if not p.is_file():
-            problems.append(f"tls_server_config.{key}: cannot read {value}")
-            return None
-        return str(p)
-
-    cert, key = file_of("cert_file"), file_of("key_file")
-    if "cert_file" not in tls or "key_file" not in tls:
-        problems.append("tls_server_config: cert_file and key_file are both required")
-    client_ca = file_of("client_ca_file")
-    auth_type = tls.get("client_auth_type", "NoClientCert" if client_ca is None else
-                        "RequireAndVerifyClientCert")
-    if auth_type not in CLIENT_AUTH_TYPES:
-        problems.append(f"tls_server_config.client_auth_type: must be one of "
-                        f"{', '.join(CLIENT_AUTH_TYPES)}")
-        return None
-    if auth_type in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert") and not client_ca:
-        problems.append(f"tls_server_config.client_auth_type: {auth_type} needs client_ca_file")
-    if cert is None or key is None or problems:
-        return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    for k, attr in (("min_version", "minimum_version"), ("max_version", "maximum_version")):
-        if k in tls:
-            if tls[k] not in TLS_VERSIONS:
-                problems.append(f"tls_server_config.{k}: must be one of {', '.join(TLS_VERSIONS)}")
-                return None
-            setattr(ctx, attr, TLS_VERSIONS[tls[k]])
-    try:
-        ctx.load_cert_chain(cert, key)
-    except (ssl.SSLError, OSError):
-        problems.append("tls_server_config: cert_file/key_file are not a matching PEM "
-                        "certificate and key")
-        return None
-    if client_ca:
-        try:
-            ctx.load_verify_locations(client_ca)
-        except (ssl.SSLError, OSError):
-            problems.append("tls_server_config.client_ca_file: not a PEM certificate")
-            return None
-    ctx.verify_mode = CLIENT_AUTH_TYPES[auth_type]
-    return ctx
-
-
-class BasicAuth:
-    """bcrypt check with a cache of recent successes: bcrypt costs ~50-250 ms by design,
-    and Prometheus presents the same credentials every scrape (exporter-toolkit caches too)."""
-
-    def __init__(self, users: dict[str, bytes]) -> None:
-        self._users = users
-        self._ok: set[bytes] = set()
-        self._lock = threading.Lock()
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._users)
-
-    def check(self, header: str | None) -> bool:
-        scheme, _, credentials = (header or "").strip().partition(" ")
-        if scheme.lower() != "basic":  # auth schemes are case-insensitive (RFC 9110 §11.1)
-            return False
-        try:
-            decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return False
-        user, sep, password = decoded.partition(":")
-        if not sep:
-            return False
-        hashed = self._users.get(user)
-        if hashed is None:
-            return False
-        key = hashlib.sha256(b"\0".join([user.encode(), password.encode(), hashed])).digest()
-        with self._lock:
-            if key in self._ok:
-                return True
-        import bcrypt  # imported lazily: only needed with basic_auth_users
-
-        try:
-            good = bcrypt.checkpw(password.encode(), hashed)
-        except ValueError:
-            return False
-        if good:
-            with self._lock:
-                if len(self._ok) > 1000:
-                    self._ok.clear()
-                self._ok.add(key)
-        return good
 
 
 class ExporterApp:
     """The running exporter: current config, reload state, scraper, self metrics."""
+
+    # How long POST /-/reload waits for its reload before answering 503.
+    RELOAD_WAIT = 60.0
 
     def __init__(self, config: Config | None, *, loader: Callable[[], Config] | None = None,
                  scraper: Scraper | None = None, clock: Callable[[], float] | None = None,
@@ -242,6 +66,14 @@ class ExporterApp:
         self._reload_ok = config is not None
         self._reload_ts: float | None = clock() if config is not None else None
         self._on_config = on_config
+        # Reloads: requests are numbered; one worker thread at a time runs the loader for
+        # the newest request and answers every request up to it (last request wins). An
+        # RLock, because SIGHUP's handler may interrupt the main thread anywhere.
+        self._reload_cond = threading.Condition(threading.RLock())
+        self._reload_requested = 0
+        self._reload_done = 0
+        self._reload_result: list[str] = []
+        self._reload_worker: threading.Thread | None = None
         self.telemetry_path = telemetry_path
         self.scraper = scraper or Scraper(
             max_workers=config.max_concurrency if config else DEFAULT_MAX_CONCURRENCY,
@@ -262,9 +94,50 @@ class ExporterApp:
         with self._lock:
             return self._reload_ok, self._reload_ts, self._config
 
+    # -- reloads ------------------------------------------------------------------------------
+
+    def request_reload(self) -> int:
+        """Ask for a reload (SIGHUP, POST /-/reload); returns a ticket for wait_reload().
+        Never blocks on a running reload: safe in a signal handler."""
+        with self._reload_cond:
+            self._reload_requested += 1
+            ticket = self._reload_requested
+            if self._reload_worker is None:
+                self._reload_worker = threading.Thread(target=self._reload_loop,
+                                                       name="reload", daemon=True)
+                self._reload_worker.start()
+            return ticket
+
+    def wait_reload(self, ticket: int, timeout: float | None = None) -> list[str] | None:
+        """The problems of the reload that served `ticket` (empty: success), or None if it
+        has not finished within `timeout`."""
+        with self._reload_cond:
+            if not self._reload_cond.wait_for(lambda: self._reload_done >= ticket, timeout):
+                return None
+            return list(self._reload_result)
+
     def reload(self) -> list[str]:
-        """Load the config again. Returns the problems (empty on success); on failure the
+        """Reload and wait for it. Returns the problems (empty on success); on failure the
         old config keeps serving."""
+        result = self.wait_reload(self.request_reload())
+        assert result is not None  # no timeout
+        return result
+
+    def _reload_loop(self) -> None:
+        while True:
+            with self._reload_cond:
+                if self._reload_done >= self._reload_requested:
+                    self._reload_worker = None
+                    return
+                target = self._reload_requested
+            problems = self._reload_now()
+            with self._reload_cond:
+                self._reload_done = target
+                self._reload_result = problems
+                self._reload_cond.notify_all()
+
+    def _reload_now(self) -> list[str]:
+        """The loader and the swap; only ever run by the reload worker, one at a time."""
         if self._loader is None:
             return ["this exporter runs without a config file (--demo); nothing to reload"]
         try:
@@ -324,13 +197,42 @@ def scrape_timeout_from(header: str | None) -> float | None:
     return max(0.1, value - SCRAPE_TIMEOUT_OFFSET)
 
 
+@dataclass(frozen=True)
+class Route:
+    """One path: the methods it answers and the handler method that answers them."""
+
+    methods: tuple[str, ...]
+    answer: Callable[[Handler, str], None]  # (handler, query string)
+    auth: bool = True  # basic auth applies (when basic_auth_users is set)
+
+
+def default_routes(telemetry_path: str) -> dict[str, Route]:
+    """The route table: every path the exporter answers. 404, 405 and Allow come from it."""
+    get = ("GET", "HEAD")
+    # Health endpoints answer without basic auth so container and kubelet probes work;
+    # they reveal nothing but "up".
+    return {
+        telemetry_path: Route(get, lambda h, q: h._metrics(None)),
+        "/probe": Route(get, lambda h, q: h._probe(q)),
+        "/": Route(get, lambda h, q: h._landing()),
+        "/-/healthy": Route(get, lambda h, q: h._text(200, "Healthy"), auth=False),
+        "/-/ready": Route(get, lambda h, q: h._ready(), auth=False),
+        "/-/reload": Route(("POST",), lambda h, q: h._reload()),
+    }
+
+
 class Handler(BaseHTTPRequestHandler):
     server: ExporterHTTPServer
     protocol_version = "HTTP/1.1"
     server_version = f"docspace-backup-exporter/{__version__}"
-    sys_version = ""
+    # A request line without a version is not HTTP/0.9 here: it gets a 400 with a status
+    # line (the base class would answer a bare body, as HTTP/0.9 did).
+    default_request_version = "HTTP/1.0"
     # Idle keep-alive connections and slow clients are dropped after this long.
     timeout = 120
+
+    def version_string(self) -> str:
+        return self.server_version  # the base class appends " " + sys_version
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("http " + format % args)
@@ -346,6 +248,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        try:
+            # Each answer is one write; without Nagle it leaves at once instead of waiting
+            # for the client's delayed ACK of the previous packet (~40 ms per request).
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         self.server.track(self, busy=False)
 
     def finish(self) -> None:
@@ -354,14 +262,38 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             self.server.untrack(self)
 
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if len(self.requestline.split()) < 3:
+            self.send_error(400, "Bad request: the request line has no HTTP version")
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """The base class's errors (bad request line, 414, 431, 501) as plain text like
+        every other answer, not Python's HTML page."""
+        self.close_connection = True
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
+        text = phrase if not message or message == phrase else f"{phrase}: {message[:200]}"
+        self._text(code, text, {"Connection": "close"})
+
     # -- plumbing ---------------------------------------------------------------------
 
     def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
               extra: dict[str, str] | None = None) -> None:
+        """Status line, headers and body in ONE write: separate small writes make the
+        second wait for the client's delayed ACK on a kept-alive connection."""
+        headers = getattr(self, "headers", None)
         if (
             len(body) > 1024
-            and "gzip" in (self.headers.get("Accept-Encoding") or "")
             and code == 200
+            and headers is not None
+            and "gzip" in (headers.get("Accept-Encoding") or "")
         ):
             body = gzip.compress(body, compresslevel=5)
             extra = dict(extra or {}, **{"Content-Encoding": "gzip"})
@@ -372,104 +304,82 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         for k, v in (extra or {}).items():
             self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        if self.close_connection and "Connection" not in (extra or {}):
+            # Say so: the client must not send its next request on this connection.
+            self.send_header("Connection", "close")
+        head = b"".join(getattr(self, "_headers_buffer", [])) + b"\r\n"
+        self._headers_buffer: list[bytes] = []
+        self.wfile.write(head if self.command == "HEAD" else head + body)
 
     def _text(self, code: int, text: str, extra: dict[str, str] | None = None) -> None:
         self._send(code, (text.rstrip("\n") + "\n").encode(), extra=extra)
 
-    def _authorized(self, path: str) -> bool:
+    def _authorized(self) -> bool:
         auth = self.server.basic_auth
-        if not auth.enabled or path in UNAUTHENTICATED_PATHS:
-            return True
         if auth.check(self.headers.get("Authorization")):
             return True
         self._text(401, "Unauthorized",
                    {"WWW-Authenticate": 'Basic realm="docspace-backup-exporter"'})
         return False
 
-    def _route(self) -> tuple[str, str] | None:
-        if len(self.path) > MAX_QUERY:
-            self._text(414, "URI too long")
-            return None
-        parts = urlsplit(self.path)
-        return parts.path or "/", parts.query
-
-    # -- methods ----------------------------------------------------------------------
-
-    def do_GET(self) -> None:  # noqa: N802
-        routed = self._route()
-        if routed is None:
-            return
-        path, query = routed
-        if path == "/-/reload":
-            self._text(405, "Use POST to reload", {"Allow": "POST"})
-            return
-        if not self._authorized(path):
-            return
-        app = self.server.app
-        try:
-            if path == app.telemetry_path:
-                self._metrics(None)
-            elif path == "/probe":
-                self._probe(query)
-            elif path == "/":
-                self._landing()
-            elif path == "/-/healthy":
-                self._text(200, "Healthy")
-            elif path == "/-/ready":
-                if app.config is not None:
-                    self._text(200, "Ready")
-                else:
-                    self._text(503, "Not ready: no config loaded")
-            else:
-                self._text(404, "Not found")
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-    do_HEAD = do_GET
-
-    def do_POST(self) -> None:  # noqa: N802
-        routed = self._route()
-        if routed is None:
-            return
-        path, _ = routed
-        # Drain any request body so the connection stays usable.
+    def _drain_body(self) -> None:
+        """Read a request body so the connection stays usable (or close it if too big)."""
         length = self.headers.get("Content-Length")
         if length and length.isdigit() and int(length) <= 65536:
             self.rfile.read(int(length))
-        elif length:
+        elif length or self.headers.get("Transfer-Encoding"):
             self.close_connection = True
-        if path != "/-/reload":
-            known = path in (self.server.app.telemetry_path, "/probe", "/", "/-/healthy",
-                             "/-/ready")
-            if known:
-                self._text(405, "Method not allowed", {"Allow": "GET, HEAD"})
-            else:
+
+    # -- dispatch: every method goes through the route table ----------------------------
+
+    def _dispatch(self) -> None:
+        try:
+            self._drain_body()
+            self.server.refresh_web()
+            if self.server.web_broken:
+                self._text(500, "Internal Server Error: the web config is invalid; see the log")
+                return
+            limiter = self.server.limiter
+            if limiter is not None and not limiter.allow():
+                self._text(429, "Too Many Requests")
+                return
+            if len(self.path) > MAX_QUERY:
+                self._text(414, "URI too long")
+                return
+            parts = urlsplit(self.path)
+            path, query = parts.path or "/", parts.query
+            route = self.server.routes.get(path)
+            needs_auth = self.server.basic_auth.enabled and (route is None or route.auth)
+            if needs_auth and not self._authorized():
+                return
+            if route is None:
                 self._text(404, "Not found")
-            return
-        if not self._authorized(path):
-            return
-        problems = self.server.app.reload()
-        if problems:
+            elif self.command not in route.methods:
+                self._text(405, "Method not allowed", {"Allow": ", ".join(route.methods)})
+            else:
+                route.answer(self, query)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
+
+    # -- answers ----------------------------------------------------------------------
+
+    def _ready(self) -> None:
+        if self.server.app.config is not None:
+            self._text(200, "Ready")
+        else:
+            self._text(503, "Not ready: no config loaded")
+
+    def _reload(self) -> None:
+        app = self.server.app
+        problems = app.wait_reload(app.request_reload(), timeout=app.RELOAD_WAIT)
+        if problems is None:
+            self._text(503, "reload still running; see the reload metrics for its result")
+        elif problems:
             self._text(500, "failed to reload config:\n" + "\n".join(problems))
         else:
             self._text(200, "config reloaded")
-
-    def _method_not_allowed(self) -> None:
-        routed = self._route()
-        if routed is None:
-            return
-        path = routed[0]
-        if path == "/-/reload":
-            self._text(405, "Method not allowed", {"Allow": "POST"})
-        elif path in (self.server.app.telemetry_path, "/probe", "/", "/-/healthy", "/-/ready"):
-            self._text(405, "Method not allowed", {"Allow": "GET, HEAD"})
-        else:
-            self._text(404, "Not found")
-
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed
 
     def _metrics(self, target: str | None) -> None:
         timeout = scrape_timeout_from(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"))
@@ -534,11 +444,22 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     # or idle clients cannot pin unbounded threads and memory.
     max_connections = 256
 
-    def __init__(self, address: tuple[str, int], app: ExporterApp, web: WebConfig) -> None:
+    def __init__(self, address: tuple[str, int], app: ExporterApp, web: WebConfig, *,
+                 web_path: str | None = None, web_check_interval: float = 1.0) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.app = app
-        self.web = web
-        self.basic_auth = BasicAuth(web.users)
+        self._apply_web(web)
+        # exporter-toolkit reads the web config on every request, so rotated certificates
+        # and changed users apply at once. Here: when one of its files changed, checked at
+        # most every web_check_interval seconds when a connection is accepted.
+        self._web_path = web_path
+        self._web_check_interval = web_check_interval
+        self._web_checked = time.monotonic()
+        self._web_signature = files_signature(web.files)
+        self._web_lock = threading.Lock()
+        self.web_broken = False  # the file on disk is invalid: every request gets 500
+        # The route table; more routes may be added before serving (add_route).
+        self.routes: dict[str, Route] = default_routes(app.telemetry_path)
         self.stopping = False
         self._conns: dict[Handler, bool] = {}
         self._active = 0
@@ -553,6 +474,10 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         except BaseException:
             self.server_close()
             raise
+
+    def add_route(self, path: str, methods: tuple[str, ...],
+                  answer: Callable[[Handler, str], None], *, auth: bool = True) -> None:
+        self.routes[path] = Route(methods, answer, auth)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._conns_lock:
@@ -573,8 +498,53 @@ class ExporterHTTPServer(ThreadingHTTPServer):
             with self._conns_lock:
                 self._active -= 1
 
+    def _apply_web(self, web: WebConfig) -> None:
+        self.web = web
+        self.basic_auth = BasicAuth(web.users)
+        self.limiter = TokenBucket(web.rate_limit) if web.rate_limit else None
+
+    def refresh_web(self) -> None:
+        """Load the web config again if one of its files changed (called per connection
+        and per request, at most once per web_check_interval). An invalid file is not
+        served around: like exporter-toolkit, every request fails until it is fixed."""
+        if self._web_path is None:
+            return
+        now = time.monotonic()
+        if now - self._web_checked < self._web_check_interval:
+            return
+        if not self._web_lock.acquire(blocking=False):
+            return  # another thread is at it; this request goes on with the current one
+        try:
+            self._web_checked = now
+            old_files = self.web.files
+            before = files_signature(old_files)
+            if before == self._web_signature:
+                return
+            try:
+                web = load_web_config(self._web_path)
+            except ConfigError as exc:
+                self._web_signature = before
+                if not self.web_broken:
+                    log.error("web config is invalid; answering 500 until it is fixed",
+                              extra={"problems": len(exc.problems)})
+                    for problem in exc.problems:
+                        log.error("invalid web config", extra={"problem": problem})
+                self.web_broken = True
+                return
+            self._apply_web(web)
+            # The signature taken before loading, so a change during the load is seen
+            # next time (a new set of files: their signature now).
+            self._web_signature = (before if web.files == old_files
+                                   else files_signature(web.files))
+            self.web_broken = False
+            log.info("web config reloaded", extra={"tls": web.ssl_context is not None,
+                                                   "users": len(web.users)})
+        finally:
+            self._web_lock.release()
+
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = super().get_request()
+        self.refresh_web()
         if self.web.ssl_context is not None:
             sock = self.web.ssl_context.wrap_socket(sock, server_side=True,
                                                     do_handshake_on_connect=False)
@@ -588,6 +558,15 @@ class ExporterHTTPServer(ThreadingHTTPServer):
             except (ssl.SSLError, OSError) as exc:
                 log.debug("TLS handshake failed", extra={"err": type(exc).__name__})
                 return
+            allowed = self.web.client_allowed_sans
+            if allowed is not None:
+                # exporter-toolkit's VerifyPeerCertificate: the (verified) client
+                # certificate must carry one of the listed SANs, else no HTTP at all.
+                sans = peer_sans(request.getpeercert())
+                if not any(s in allowed for s in sans):
+                    log.debug("client certificate has none of client_allowed_sans",
+                              extra={"sans": len(sans)})
+                    return
         super().finish_request(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -18,9 +18,11 @@ import sys
 import threading
 import time
 import uuid
+import zoneinfo
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -29,6 +31,7 @@ from urllib.parse import parse_qsl
 __all__ = [
     "DEMO_PASSWORD",
     "DEMO_PORTALS",
+    "DEMO_ZONES",
     "DEMO_USERNAME",
     "ENDPOINTS",
     "SCENARIOS",
@@ -64,6 +67,17 @@ SCENARIOS: tuple[str, ...] = (
     "redirect",
     # TenantStatusFilter: a deleted or suspended portal answers 404 to everything.
     "not_found",
+    # docspace-api.md sections 14-16.
+    "overdue",  # daily schedule whose due time passed ~2 h ago without a run
+    "tariff_delay",  # tariff Delay: the scheduler skips scheduled backups silently
+    "backup_warning",  # completed with "Some files were not included" (E6)
+    "backup_canceled",  # status 3 Canceled, warning "Backup cancelled"
+    "backup_created",  # status 0 Created, queued, not started
+    "backup_failed_expired",  # failed > 24 h ago: the task is gone, no new copy was made
+    "schedule_deleted",  # the server deleted the schedule itself; old copies remain
+    "ip_restricted",  # IpSecurityFilter: 403 with a plain-text body on every path
+    "restore_scope",  # API key whose scopes do not cover getrestoreprogress: 403 there
+    "rate_limited_bare",  # concurrency limiter: 429 with no headers at all
 )
 
 DEMO_PORTALS: tuple[tuple[str, str], ...] = (
@@ -78,13 +92,25 @@ DEMO_PORTALS: tuple[tuple[str, str], ...] = (
     ("restore-failed", "restore_failed"),
     ("auth-failure", "auth_failure"),
     ("down", "down"),
+    ("overdue", "overdue"),
+    ("tariff-delay", "tariff_delay"),
 )
+# Time zones of the demo portals (the scheduler runs each in its own zone).
+DEMO_ZONES = {
+    "healthy": "Europe/Berlin",
+    "healthy-login": "America/New_York",
+    "stale": "Australia/Sydney",
+    "overdue": "Asia/Kolkata",
+    "tariff-delay": "America/New_York",
+}
 # Login credentials of the demo portal "healthy-login" (the only demo portal that logs in).
 DEMO_USERNAME = "admin@example.com"
 DEMO_PASSWORD = "demo-password"  # noqa: S105 - a fixed credential of the fake server
 
 # Counter names of request_count(); the same words as the exporter's `endpoint` label.
-ENDPOINTS: tuple[str, ...] = ("schedule", "backup_progress", "restore_progress", "history", "login")
+ENDPOINTS: tuple[str, ...] = (
+    "schedule", "backup_progress", "restore_progress", "history", "login", "settings", "tariff",
+)
 _ROUTES = {
     "getbackupschedule": "schedule",
     "getbackupprogress": "backup_progress",
@@ -134,6 +160,9 @@ _DUMP_DENIED_BODY = _error_envelope(
     -2146233078,
 )
 _LOGIN_FAILED_BODY = _error_envelope(401, "User authentication failed", None, None, 0)
+# IpSecurityFilter writes this text itself (docspace-api.md section 16).
+_IP_RESTRICTED_BODY = b"The access to the portal is restricted"
+_CT_TEXT = "text/plain; charset=utf-8"
 
 _NGINX_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -249,6 +278,17 @@ class SimPortal:
     rate_limit_first: int = 0
     # clock() when the portal was added; scenario-default times are relative to it.
     added_at: float = 0.0
+    # GET /api/2.0/settings and /api/2.0/portal/tariff (docspace-api.md section 15).
+    timezone: str = "UTC"
+    version: str = "3.7.2.1877"
+    tariff_state: int | None = None  # None: 2 (Delay) for tariff_delay, 3 for unpaid, else 1
+    tariff_due: float | None = None  # None: 30 days after added_at (Delay: 5 days before)
+    # When set, the last backup task finished at this clock() time and, like the server's
+    # queue (time-to-live 86400 s), getbackupprogress stops showing it a day later.
+    task_finished_at: float | None = None
+    # When set, /settings or /portal/tariff answer this HTTP status with an empty body.
+    settings_status: int | None = None
+    tariff_status: int | None = None
     _cache: dict[tuple[Any, ...], tuple[str | None, int]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -264,14 +304,86 @@ class SimPortal:
 def _period(p: SimPortal) -> int:
     if p.period is not None:
         return p.period
-    return 0 if p.scenario in ("stale", "never_ran") else 1
+    return 0 if p.scenario in ("stale", "never_ran", "overdue", "tariff_delay") else 1
+
+
+def _zone(p: SimPortal) -> Any:
+    try:
+        return zoneinfo.ZoneInfo(p.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return zoneinfo.ZoneInfo("UTC")  # the server falls back to UTC for an unknown id
+
+
+def _overdue_times(p: SimPortal) -> tuple[int, float]:
+    """(hour, lastBackupTime) of a daily schedule whose slot was ~2-3 h before added_at and
+    did not run: the previous day's run happened 5 minutes after that day's slot."""
+    tz = _zone(p)
+    slot = datetime.fromtimestamp(p.added_at - 2 * 3600, tz).replace(
+        minute=0, second=0, microsecond=0, tzinfo=None)
+    previous = (slot - timedelta(days=1)).replace(tzinfo=tz)
+    return slot.hour, previous.timestamp() + 300
+
+
+def _hour(p: SimPortal) -> int:
+    if p.scenario in ("overdue", "tariff_delay") and p.last_backup_time is None:
+        return _overdue_times(p)[0]
+    return p.hour
 
 
 def _last_backup(p: SimPortal) -> float | None:
     if p.last_backup_time is not None:
         return p.last_backup_time
-    ago = {"never_ran": None, "stale": 3 * _DAY, "backup_failed": 3600.0}.get(p.scenario, _DAY)
+    if p.scenario in ("overdue", "tariff_delay"):
+        # Delay: lastBackupTime stops moving, so the slot passes like a missed one.
+        return _overdue_times(p)[1]
+    ago = {"never_ran": None, "stale": 3 * _DAY, "backup_failed": 3600.0,
+           "backup_failed_expired": 2 * _DAY}.get(p.scenario, _DAY)
     return None if ago is None else p.added_at - ago
+
+
+def _tariff_state(p: SimPortal) -> int:
+    if p.tariff_state is not None:
+        return p.tariff_state
+    return {"tariff_delay": 2, "unpaid": 3}.get(p.scenario, 1)
+
+
+def _tariff_obj(p: SimPortal) -> dict[str, Any]:
+    state = _tariff_state(p)
+    due = p.tariff_due
+    if due is None:
+        due = p.added_at + (30 * _DAY if state < 2 else -5 * _DAY)
+    return {
+        "id": -1,
+        "state": state,
+        "dueDate": _fmt_dt(due),
+        "delayDueDate": _fmt_dt(due + 14 * _DAY),
+        "licenseDate": _NEVER,
+        "customerId": "",
+        "quotas": [{"id": -3, "quantity": 1, "wallet": False}],
+        "enterprise": False,
+        "openSource": False,
+    }
+
+
+def _settings_obj(p: SimPortal, authenticated: bool, now: float) -> dict[str, Any]:
+    """GetPortalSettings: `timezone` only for an authenticated caller (section 15)."""
+    tz = _zone(p)
+    offset = datetime.fromtimestamp(now, tz).utcoffset() or timedelta(0)
+    minutes = int(offset.total_seconds() // 60)
+    sign = "-" if minutes < 0 else ""
+    hh, mm = divmod(abs(minutes), 60)
+    obj: dict[str, Any] = {"utcOffset": f"{sign}{hh:02d}:{mm:02d}:00",
+                           "utcHoursOffset": minutes / 60, "culture": "en-US"}
+    if authenticated:
+        obj["timezone"] = p.timezone
+    obj.update({
+        "docSpace": True,
+        "standalone": False,
+        "version": p.version,
+        "tenantStatus": 4 if p.scenario == "restore_running" else 0,
+        "tenantAlias": p.name,
+    })
+    return obj
 
 
 def _storage_params(storage: int) -> dict[str, str | None]:
@@ -286,6 +398,8 @@ def _history_records(p: SimPortal, dump: bool) -> list[tuple[str, float, float]]
     if p.scenario in ("never_ran", "no_schedule"):
         return []
     base = _last_backup(p)
+    if p.scenario == "backup_failed_expired" and base is not None:
+        base -= _DAY  # the failed run left no copy: the newest is from the day before
     if base is None:
         return []
     interval = _INTERVALS.get(_period(p), 604800.0)
@@ -300,7 +414,7 @@ def _history_records(p: SimPortal, dump: bool) -> list[tuple[str, float, float]]
 
 def _schedule_obj(p: SimPortal, dump: bool) -> dict[str, Any] | None:
     sc = p.scenario
-    if sc == "no_schedule":
+    if sc in ("no_schedule", "schedule_deleted"):
         return None
     period = _period(p)
     storage = 4 if sc == "never_ran" else p.storage_type
@@ -309,7 +423,7 @@ def _schedule_obj(p: SimPortal, dump: bool) -> dict[str, Any] | None:
     obj: dict[str, Any] = {
         "storageType": storage,
         "storageParams": _storage_params(storage),
-        "cronParams": {"period": period, "hour": p.hour, "day": day},
+        "cronParams": {"period": period, "hour": _hour(p), "day": day},
     }
     if p.backups_stored:
         obj["backupsStored"] = p.backups_stored
@@ -321,14 +435,26 @@ def _schedule_obj(p: SimPortal, dump: bool) -> dict[str, Any] | None:
     return obj
 
 
-def _backup_obj(p: SimPortal, base_url: str, dump: bool) -> dict[str, Any] | None:
+def _backup_obj(p: SimPortal, base_url: str, dump: bool, now: float) -> dict[str, Any] | None:
     sc = p.scenario
-    if sc in ("never_ran", "no_schedule"):
+    if sc in ("never_ran", "no_schedule", "backup_failed_expired"):
+        return None  # nothing queued, or the finished task left the queue after 24 h
+    if p.task_finished_at is not None and now >= p.task_finished_at + _DAY:
         return None
     done, progress, error, status = True, 100, "", 2
     task = _guid(p.name, "backup-1")
     link = ""
-    if sc == "backup_running":
+    warning: str | None = None
+    if sc == "backup_warning":
+        warning = ("Some files were not included in the backup. For more details, please "
+                   "check storage/missing_info")
+    elif sc == "backup_canceled":
+        done, progress, status, warning = True, 45, 3, "Backup cancelled"
+        task = _guid(p.name, "backup-canceled")
+    elif sc == "backup_created":
+        done, progress, status = False, 0, 0
+        task = _guid(p.name, "backup-created")
+    elif sc == "backup_running":
         done, progress, status = False, 36, 1
         task = _guid(p.name, "backup-running")
     elif sc == "backup_failed":
@@ -343,16 +469,16 @@ def _backup_obj(p: SimPortal, base_url: str, dump: bool) -> dict[str, Any] | Non
                 f"{base_url}/{p.name}/storage/backup/root/"
                 f"{prefix}_{_fmt_file_stamp(newest[1])}.tar.gz?hash={task[:8]}"
             )
-    obj: dict[str, Any] = {
-        "isCompleted": done,
-        "progress": progress,
-        "error": error,
+    obj: dict[str, Any] = {"isCompleted": done, "progress": progress, "error": error}
+    if warning is not None:  # only when non-empty (section 6)
+        obj["warning"] = warning
+    obj.update({
         "link": link,
         "tenantId": 1,
         "backupProgressEnum": 0,
         "status": status,
         "taskId": task,
-    }
+    })
     if sc == "wrong_types":
         obj["isCompleted"] = "yes"
         obj["progress"] = "abc"
@@ -409,8 +535,13 @@ def _history_list(p: SimPortal, dump: bool) -> list[dict[str, Any]]:
     return out
 
 
-def _fragment(p: SimPortal, endpoint: str, dump: bool, base_url: str) -> tuple[str | None, int]:
+def _fragment(p: SimPortal, endpoint: str, dump: bool, base_url: str,
+              now: float = 0.0) -> tuple[str | None, int]:
     """The `response` JSON text (None when absent) and `count`, cached per portal state."""
+    if p.task_finished_at is not None and endpoint == "backup_progress":
+        # Whether the task is still in the queue depends on the clock: not cached.
+        task = _backup_obj(p, base_url, dump, now)
+        return (None, 0) if task is None else (_compact(task), 1)
     key = (
         endpoint,
         dump,
@@ -423,6 +554,10 @@ def _fragment(p: SimPortal, endpoint: str, dump: bool, base_url: str) -> tuple[s
         p.storage_type,
         p.last_backup_time,
         p.added_at,
+        p.timezone,
+        p.version,
+        p.tariff_state,
+        p.tariff_due,
     )
     hit = p._cache.get(key)
     if hit is not None:
@@ -431,7 +566,9 @@ def _fragment(p: SimPortal, endpoint: str, dump: bool, base_url: str) -> tuple[s
     if endpoint == "schedule":
         obj = _schedule_obj(p, dump)
     elif endpoint == "backup_progress":
-        obj = _backup_obj(p, base_url, dump)
+        obj = _backup_obj(p, base_url, dump, now)
+    elif endpoint == "tariff":
+        obj = _tariff_obj(p)
     elif endpoint == "restore_progress":
         obj = _restore_obj(p)
     else:
@@ -836,8 +973,12 @@ class Simulator:
         if portal is not None and len(segs) >= 5 and segs[2].lower() == "api" and segs[3] == "2.0":
             if len(segs) == 6 and segs[4].lower() in ("backup", "portal"):
                 endpoint = _ROUTES.get(segs[5].lower())
+                if segs[4].lower() == "portal" and segs[5].lower() == "tariff":
+                    endpoint = "tariff"
             elif len(segs) == 5 and segs[4].lower() == "authentication":
                 endpoint = "login"
+            elif len(segs) == 5 and segs[4].lower() == "settings":
+                endpoint = "settings"
         if portal is None or endpoint is None:
             if self.latency > 0 and not self._sleep(self.latency):
                 h.close_connection = True
@@ -903,8 +1044,17 @@ class Simulator:
         if sc == "not_found":
             h.send(_Resp(404, _problem(404), _CT_PROBLEM))
             return
+        if sc == "ip_restricted":
+            # IpSecurityFilter answers every path, login included, with a plain text.
+            h.send(_Resp(403, _IP_RESTRICTED_BODY, _CT_TEXT))
+            return
+        if sc == "rate_limited_bare":
+            # A concurrency rejection (more than 50 GETs at once): no headers at all.
+            h.send(_Resp(429))
+            return
         if sc == "rate_limited" or self._take_rate_limit(p):
-            reset = int(self.clock()) + p.retry_after
+            # A sliding-window rejection: Retry-After in whole seconds (may be 0) and no
+            # X-RateLimit-Reset (docspace-api.md section 16).
             h.send(
                 _Resp(
                     429,
@@ -912,7 +1062,6 @@ class Simulator:
                         ("Retry-After", str(p.retry_after)),
                         ("X-RateLimit-Limit", "1500"),
                         ("X-RateLimit-Remaining", "0"),
-                        ("X-RateLimit-Reset", str(reset)),
                     ),
                 )
             )
@@ -964,15 +1113,35 @@ class Simulator:
         """The application's answer (authentication, filters, action), as DocSpace gives it."""
         sc = p.scenario
         if endpoint == "login":
+            if sc == "restore_running":
+                # TenantStatusFilter does not let `authentication` through while Restoring.
+                return _Resp(403, _problem(403), _CT_PROBLEM)
             return self._login(p, body, href)
+        if endpoint == "settings" and p.settings_status is not None:
+            return _Resp(p.settings_status)
+        if endpoint == "tariff" and p.tariff_status is not None:
+            return _Resp(p.tariff_status)
+        if endpoint == "settings":
+            # [AllowAnonymous, AllowSuspended, AllowNotPayment]; readable during a restore.
+            # The time zone is only filled for an authenticated caller.
+            authed = sc != "auth_failure" and self._authorized(p, h)
+            settings = _compact(_settings_obj(p, authed, self.clock()))
+            return _Resp(200, _envelope(settings, 1, href, method), _CT_JSON)
 
         if endpoint != "restore_progress" and (sc == "auth_failure" or not self._authorized(p, h)):
             return _EMPTY_401
+        if endpoint == "restore_progress" and sc == "restore_scope":
+            # ApiKeyScopesFilter (v3.6.1+): a key whose scopes do not cover it; empty body.
+            return _Resp(403)
         # Resource filters (TenantStatusFilter, PaymentFilter): bare status -> ProblemDetails.
         if sc == "restore_running" and endpoint != "restore_progress":
             return _Resp(403, _problem(403), _CT_PROBLEM)
         if sc == "unpaid" and endpoint in ("schedule", "history"):
             return _Resp(402, _problem(402), _CT_PROBLEM)
+        if endpoint == "tariff":
+            # [AllowNotPayment]; blocked like the rest while Restoring (its path is not in
+            # TenantStatusFilter's pass-through list; inferred).
+            return _Resp(200, _envelope(_compact(_tariff_obj(p)), 1, href, method), _CT_JSON)
         # Model binding of the Dump query flag (case-insensitive name and value).
         dump = False
         for k, v in parse_qsl(query, keep_blank_values=True):
@@ -986,7 +1155,7 @@ class Simulator:
                 return _Resp(403, _DUMP_DENIED_BODY, _CT_JSON)
             if sc == "forbidden":
                 return _Resp(403, _E10_BODY, _CT_JSON)
-        fragment, count = _fragment(p, endpoint, dump, self._base_url)
+        fragment, count = _fragment(p, endpoint, dump, self._base_url, self.clock())
         return _Resp(200, _envelope(fragment, count, href, method), _CT_JSON)
 
     def _authorized(self, p: SimPortal, h: _Handler) -> bool:
@@ -998,7 +1167,9 @@ class Simulator:
             token = cookie
         else:
             value = auth.strip()
-            if value[:7].lower() == "bearer ":
+            # "Bearer " is matched case-sensitively by the policy selector and the API-key
+            # handler (section 16): "bearer sk-..." falls through to the cookie handler.
+            if value.startswith("Bearer "):
                 value = value[7:].strip()
                 if value.startswith("sk-"):
                     return hmac.compare_digest(value.encode(), p.api_key.encode())
@@ -1075,9 +1246,9 @@ def add_demo_portals(sim: Simulator) -> list[SimPortal]:
     """Add DEMO_PORTALS; "healthy-login" gets DEMO_USERNAME/DEMO_PASSWORD for password login."""
     out = []
     for name, scenario in DEMO_PORTALS:
-        kw: dict[str, Any] = {}
+        kw: dict[str, Any] = {"timezone": DEMO_ZONES.get(name, "UTC")}
         if name == "healthy-login":
-            kw = {"username": DEMO_USERNAME, "password": DEMO_PASSWORD}
+            kw.update(username=DEMO_USERNAME, password=DEMO_PASSWORD)
         out.append(sim.add_portal(name, scenario, **kw))
     return out
 

@@ -306,6 +306,47 @@ def test_other_demo_states_alert(stack: Stack) -> None:
                          'docspace:backup_schedule_never_ran{portal="never-ran"}')
 
 
+def test_overdue_and_tariff_blocked_portals_reach_alertmanager(stack: Stack) -> None:
+    """The demo's `overdue` portal (Asia/Kolkata, daily; the simulator put today's slot 2-3 h
+    before the demo started and no run after it) raises DocSpaceBackupOverdue; the
+    `tariff-delay` portal (tariff Delay) raises DocSpaceTariffBlocksBackups; both are critical
+    and reach the oncall receiver. The healthy portals ran on time and stay quiet. (`for:` is
+    shortened in the copy of the rules; the 45 min-2 h window is pinned by promtool tests.)"""
+    overdue = dh.wait_until(
+        lambda: am_alert(stack, "DocSpaceBackupOverdue", "overdue", "active"),
+        what="DocSpaceBackupOverdue{portal=overdue} in Alertmanager")
+    assert overdue["labels"]["severity"] == "critical"
+    assert overdue["annotations"]["runbook_url"].endswith("#docspacebackupoverdue")
+    assert overdue["annotations"]["dashboard_url"].endswith("var-portal=overdue")
+    blocked = dh.wait_until(
+        lambda: am_alert(stack, "DocSpaceTariffBlocksBackups", "tariff-delay", "active"),
+        what="DocSpaceTariffBlocksBackups{portal=tariff-delay} in Alertmanager")
+    assert blocked["annotations"]["runbook_url"].endswith("#docspacetariffblocksbackups")
+    for name, portal in (("DocSpaceBackupOverdue", "overdue"),
+                         ("DocSpaceTariffBlocksBackups", "tariff-delay")):
+        dh.wait_until(lambda n=name, p=portal: any(
+            labels["alertname"] == n and labels["portal"] == p
+            for _, labels in stack.webhook.alerts("oncall")),
+            what=f"webhook notification of {name}{{portal={portal}}} to oncall")
+    # The due times Prometheus holds: an hour and more in the past for `overdue`, in the
+    # future for the portals whose schedule ran.
+    late = dh.prom_query(stack.prometheus, 'time() - docspace_backup_schedule_next_due_'
+                         'timestamp_seconds{job="docspace",portal="overdue"}')
+    assert late and float(late[0]["value"][1]) > 3600
+    for portal in ("healthy", "healthy-login"):
+        ahead = dh.prom_query(stack.prometheus, 'docspace_backup_schedule_next_due_timestamp_'
+                              f'seconds{{job="docspace",portal="{portal}"}} - time()')
+        assert ahead and float(ahead[0]["value"][1]) > 0, portal
+        seen = dh.prom_query(
+            stack.prometheus, 'count_over_time(ALERTS{alertname=~"DocSpaceBackupOverdue|'
+            f'DocSpaceTariff.*",portal="{portal}"}}[10m])')
+        assert seen == [], portal
+    # Zones come from the portals' settings.
+    zones = {s["metric"]["portal"]: s["metric"].get("timezone") for s in dh.prom_query(
+        stack.prometheus, 'docspace_portal_settings_info{job="docspace"}')}
+    assert zones["overdue"] == "Asia/Kolkata" and zones["healthy"] == "Europe/Berlin"
+
+
 def test_probe_job_relabelling_scrapes_each_portal(stack: Stack) -> None:
     targets = yaml.safe_load(dh.PROMETHEUS_CONFIG.read_text())
     probe_job = {j["job_name"]: j for j in targets["scrape_configs"]}["docspace-probe"]

@@ -39,7 +39,9 @@ from hardening_helpers import (
 from exporter.config import ApiKeyAuth, Config, PasswordAuth, PortalConfig, Secret
 from exporter.simulator import Simulator
 
-ENDPOINT_CALLS = 3  # schedule, backup_progress, restore_progress (history off)
+# schedule, backup_progress, restore_progress (history off), and on the first fetch of the
+# hour settings and tariff.
+ENDPOINT_CALLS = 5
 
 
 def key_portal(sim: Simulator, name: str, **kw: Any) -> PortalConfig:
@@ -120,9 +122,10 @@ def test_per_host_limit_bounds_calls_to_one_portal(simulator: Simulator,  # noqa
                           max_requests_per_host=2))
     samples = assert_complete(ex.get("/metrics"))
     assert ups(samples) == {"one": 1.0}
-    # Four endpoints, two slots for the host: two at a time, never more.
+    # Four endpoints (plus settings and tariff, read once an hour), two slots for the host:
+    # two at a time, never more.
     assert simulator.max_concurrency("one") == 2
-    assert simulator.request_count("one") == 4
+    assert simulator.request_count("one") == 6
 
 
 def test_same_portal_scraped_concurrently_is_fetched_once(

@@ -35,8 +35,10 @@ def test_api_key_is_sent_as_bearer(sim: Simulator, exporter: ExporterFactory) ->
     assert value(s, "docspace_up", portal="main") == 1
     assert value(s, "docspace_backup_history_backups", portal="main") == 3
     assert set(sim.auth_headers("main")) == {"Bearer " + sp.api_key}
-    # One call per endpoint per scrape, no retries.
-    assert sim.request_count("main") == 4
+    # One call per endpoint per scrape, no retries (settings and tariff: the first scrape
+    # of the hour).
+    assert sim.request_count("main") == 6
+    assert sim.request_count("main", "settings") == sim.request_count("main", "tariff") == 1
 
 
 def test_token_is_sent_bare(sim: Simulator, exporter: ExporterFactory) -> None:
@@ -402,7 +404,14 @@ def test_demo_mode_serves_every_scenario() -> None:
     ups = {dict(k[1])["portal"]: v for k, v in s.items() if k[0] == "docspace_up"}
     assert ups == {"healthy": 1, "healthy-login": 1, "stale": 1, "never-ran": 1,
                    "no-schedule": 1, "backup-running": 1, "backup-failed": 1,
-                   "restore-running": 0, "restore-failed": 1, "auth-failure": 0, "down": 0}
+                   "restore-running": 0, "restore-failed": 1, "auth-failure": 0, "down": 0,
+                   "overdue": 1, "tariff-delay": 1}
+    # The overdue portal's due time is in the past, the tariff-delay portal is blocked.
+    assert value(s, "docspace_backup_schedule_next_due_timestamp_seconds",
+                 portal="overdue") < time.time() - 3600
+    assert value(s, "docspace_portal_tariff_state", portal="tariff-delay", state="delay") == 1
+    assert value(s, "docspace_backup_schedule_next_due_timestamp_seconds",
+                 portal="healthy") > time.time()
     assert value(s, "docspace_backup_schedule_configured", portal="no-schedule") == 0
     assert value(s, "docspace_backup_failed", portal="backup-failed") == 1
     assert value(s, "docspace_restore_failed", portal="restore-failed") == 1

@@ -11,7 +11,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from exporter.metrics import PortalData, error_family, exporter_families, portal_families
-from exporter.model import decode_envelope, parse_history, parse_schedule, parse_task
+from exporter.model import (
+    decode_envelope,
+    parse_history,
+    parse_schedule,
+    parse_settings,
+    parse_tariff,
+    parse_task,
+)
 
 WIRE = Path(__file__).parent / "fixtures" / "wire"
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
@@ -41,8 +48,13 @@ def registry_of(portals: list[PortalData], errors: dict[tuple[str, str, str], in
 def portal(name: str, *, schedule: str | None = "E01_schedule_weekly.json",
            backup: str | None = "E05_backup_completed.json",
            restore: str | None = "E03_nothing.json", history: str | None = None,
-           failed: dict[str, str] | None = None) -> PortalData:
-    data = PortalData(name=name, url=f"https://{name}.example.com", duration=0.25)
+           failed: dict[str, str] | None = None, settings: str | None = None,
+           tariff: str | None = None, zone: str | None = None) -> PortalData:
+    data = PortalData(name=name, url=f"https://{name}.example.com", duration=0.25, zone=zone)
+    if settings:
+        data.ok["settings"] = parse_settings(*wire(settings))
+    if tariff:
+        data.ok["tariff"] = parse_tariff(*wire(tariff))
     if schedule:
         data.ok["schedule"] = parse_schedule(*wire(schedule))
     if backup:
@@ -145,16 +157,19 @@ def test_exporter_families() -> None:
 
 def golden_registry() -> CollectorRegistry:
     portals = [
-        portal("main", history="E09_history.json"),
-        portal("fresh", schedule="E02_schedule_never_ran.json", backup="E04_backup_running.json"),
+        portal("main", history="E09_history.json", settings="E16_settings.json",
+               tariff="E17_tariff_paid.json", zone="Europe/Berlin"),
+        portal("fresh", schedule="E02_schedule_never_ran.json", backup="E04_backup_running.json",
+               tariff="E18_tariff_delay.json", zone="Australia/Sydney"),
         portal("broken", backup="E07_backup_failed.json", restore=None,
-               failed={"restore_progress": "timeout"}),
+               failed={"restore_progress": "timeout", "settings": "timeout"}),
         portal("locked", schedule=None, backup=None, restore="E08_restore_running.json",
                failed={"schedule": "forbidden", "backup_progress": "forbidden"}),
         portal("none", schedule="E03_nothing.json", backup="E03_nothing.json",
                history="E03_nothing.json"),
     ]
     errors = {("broken", "restore_progress", "timeout"): 1,
+              ("broken", "settings", "timeout"): 1,
               ("locked", "schedule", "forbidden"): 2,
               ("locked", "backup_progress", "forbidden"): 2}
     return registry_of(portals, errors)
@@ -173,3 +188,60 @@ def test_every_series_has_a_portal_label() -> None:
     for metric in golden_registry().collect():
         for sample in metric.samples:
             assert "portal" in sample.labels, sample
+
+
+def test_settings_tariff_and_next_due() -> None:
+    reg = registry_of([portal("main", settings="E16_settings.json",
+                              tariff="E17_tariff_paid.json", zone="Europe/Berlin")])
+    v = reg.get_sample_value
+    assert v("docspace_portal_settings_info", {"portal": "main", "timezone": "Europe/Berlin",
+                                               "version": "3.7.2.1877"}) == 1
+    assert v("docspace_portal_tariff_state", {"portal": "main", "state": "paid"}) == 1
+    for state in ("trial", "delay", "not_paid"):
+        assert v("docspace_portal_tariff_state", {"portal": "main", "state": state}) == 0
+    assert v("docspace_portal_tariff_due_timestamp_seconds", {"portal": "main"}) == 1738368000
+    # E1: weekly, day 1 = Sunday, 02:00 portal time; last run 2025-01-12T02:07:32 UTC (a
+    # Sunday). Next: Sunday 2025-01-19 02:00 in Berlin (CET) = 01:00 UTC.
+    assert v("docspace_backup_schedule_next_due_timestamp_seconds",
+             {"portal": "main"}) == 1737248400
+
+
+def test_next_due_needs_a_known_zone() -> None:
+    for zone in (None, "Not/AZone"):
+        reg = registry_of([portal("main", zone=zone)])
+        assert reg.get_sample_value("docspace_backup_schedule_next_due_timestamp_seconds",
+                                    {"portal": "main"}) is None
+
+
+def test_never_ran_next_due_follows_the_utc_date() -> None:
+    # E2: daily 03:00, never ran. NOW is 2025-01-12 16:40 UTC: the reference is 2025-01-11
+    # 23:59:59 read as Sydney wall time, so the due time is 2025-01-12 03:00 Sydney (AEDT,
+    # +11) = 2025-01-11 16:00 UTC: in the past, the scheduler's next pass starts it.
+    reg = registry_of([portal("fresh", schedule="E02_schedule_never_ran.json",
+                              zone="Australia/Sydney")])
+    assert reg.get_sample_value("docspace_backup_schedule_next_due_timestamp_seconds",
+                                {"portal": "fresh"}) == 1736611200
+
+
+def test_failed_settings_or_tariff_never_make_up_zero() -> None:
+    p = portal("main", failed={"settings": "timeout", "tariff": "forbidden"}, zone="UTC")
+    reg = registry_of([p])
+    v = reg.get_sample_value
+    assert v("docspace_up", {"portal": "main"}) == 1
+    assert v("docspace_portal_tariff_state", {"portal": "main", "state": "paid"}) is None
+    assert v("docspace_backup_schedule_next_due_timestamp_seconds", {"portal": "main"}) \
+        is not None
+    p = portal("main", failed={"settings": "timeout", "schedule": "timeout"}, schedule=None)
+    assert registry_of([p]).get_sample_value("docspace_up", {"portal": "main"}) == 0
+
+
+def test_delay_tariff_and_unknown_state() -> None:
+    reg = registry_of([portal("late", tariff="E18_tariff_delay.json")])
+    assert reg.get_sample_value("docspace_portal_tariff_state",
+                                {"portal": "late", "state": "delay"}) == 1
+    p = portal("odd")
+    p.ok["tariff"] = parse_tariff(True, {"state": 7})
+    reg = registry_of([p])
+    for state in ("trial", "paid", "delay", "not_paid"):
+        assert reg.get_sample_value("docspace_portal_tariff_state",
+                                    {"portal": "odd", "state": state}) == 0

@@ -83,6 +83,47 @@ def test_promtool_unit_tests_can_fail(prom: dh.PromRelease, tmp_path: Path) -> N
     assert "DocSpaceBackupStale" in result.stdout + result.stderr
 
 
+def test_schedule_rule_tests_are_generated_from_the_schedule_module() -> None:
+    """overdue.yml and time_to_detect.yml hold due times computed by exporter.schedule for
+    real dates; regenerating them must give the committed files (and the README's table)."""
+    import subprocess
+    import sys
+
+    script = dh.RULE_TESTS_DIR / "generate.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    readme = dh.README.read_text()
+
+    def shown(text: str) -> str:  # "3d 12h 36m 0s" -> "3 d 12 h 36 min", as in the README
+        text = re.sub(r"(\d+)d ", r"\1 d ", text.strip())
+        return re.sub(r"(\d+)h (\d+)m 0s", r"\1 h \2 min", text)
+
+    lines = [ln for ln in result.stdout.splitlines() if ": before " in ln]
+    assert len(lines) == 4, result.stdout
+    for line in lines:
+        before, after = line.split(": before ", 1)[1].split(", after ")
+        assert shown(before) in readme and shown(after) in readme, line
+
+
+def test_overdue_fires_between_45_minutes_and_2_hours() -> None:
+    rule = ALERTS[ALERT_NAMES.index("DocSpaceBackupOverdue")]
+    expr = rule["expr"]
+    threshold = int(re.search(r">\s*(\d+)\s*\)", expr).group(1))  # type: ignore[union-attr]
+    assert threshold + _duration(rule["for"]) >= 45 * 60
+    # + one evaluation interval and one scrape interval (1m each in deploy/prometheus).
+    assert threshold + _duration(rule["for"]) + 120 <= 2 * 3600
+
+
+def test_new_alerts_link_the_dashboard() -> None:
+    for name in ("DocSpaceBackupOverdue", "DocSpaceTariffBlocksBackups",
+                 "DocSpaceTariffDueSoon", "DocSpaceBackupLeftNoCopy"):
+        ann = ALERTS[ALERT_NAMES.index(name)]["annotations"]
+        assert ann["dashboard_url"] == (
+            "https://grafana.example.com/d/docspace-backups/docspace-backups"
+            "?var-job={{ $labels.job }}&var-portal={{ $labels.portal }}")
+
+
 # --- names, labels, annotations -------------------------------------------------------
 
 
@@ -94,7 +135,8 @@ def test_contract_alert_names_exist() -> None:
 def test_additional_alerts_exist() -> None:
     for name in ("DocSpaceBackupStuck", "DocSpaceBackupNeverRan", "DocSpaceBackupNoRecentSuccess",
                  "DocSpaceExporterDown", "DocSpaceExporterMissing",
-                 "DocSpaceAuthenticationFailing", "DocSpaceRestoreInProgress"):
+                 "DocSpaceAuthenticationFailing", "DocSpaceRestoreInProgress",
+                 "DocSpaceTariffDueSoon", "DocSpaceBackupLeftNoCopy"):
         assert name in ALERT_NAMES
 
 
