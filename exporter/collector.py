@@ -349,8 +349,11 @@ class DocSpaceCollector(Collector):
 
     def __init__(self, scraper: Scraper, portals: list[PortalConfig], *,
                  scrape_timeout: float | None = None, include_errors_for_all: bool = True,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 on_result: Callable[[list[PortalData], list[Any], float], None] | None = None
+                 ) -> None:
         self._scraper = scraper
+        self._on_result = on_result  # the status page keeps each scrape's results
         self._portals = portals
         self._timeout = scrape_timeout
         self._all_errors = include_errors_for_all
@@ -360,7 +363,10 @@ class DocSpaceCollector(Collector):
         try:
             data = self._scraper.scrape(self._portals, self._timeout)
             now = self._clock()
-            yield from metrics.portal_families(data, now)
+            families = metrics.portal_families(data, now)
+            if self._on_result is not None:
+                self._on_result(data, families, now)
+            yield from families
             names = None if self._all_errors else [p.name for p in self._portals]
             yield metrics.error_family(self._scraper.errors(), names)
         except Exception:  # noqa: BLE001 - a scrape must never fail

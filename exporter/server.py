@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import gzip
-import html
 import logging
 import socket
 import ssl
@@ -23,7 +22,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter import __version__, exposition
+from exporter import __version__, exposition, sd, status
 from exporter.client import wall_clock
 from exporter.collector import (
     SCRAPE_TIMEOUT_OFFSET,
@@ -75,6 +74,7 @@ class ExporterApp:
         self._reload_result: list[str] = []
         self._reload_worker: threading.Thread | None = None
         self.telemetry_path = telemetry_path
+        self.last_scrape = status.LastScrape()  # what `/` shows
         self.scraper = scraper or Scraper(
             max_workers=config.max_concurrency if config else DEFAULT_MAX_CONCURRENCY,
             max_requests_per_host=config.max_requests_per_host if config else 8)
@@ -160,6 +160,7 @@ class ExporterApp:
             self._reload_ok = True
             self._reload_ts = self._clock()
         self.scraper.retain(cfg.portals)
+        self.last_scrape.retain(p.name for p in cfg.portals)
         if self._on_config is not None:
             self._on_config(cfg)
         log.info("config reloaded", extra={"portals": len(cfg.portals)})
@@ -172,7 +173,8 @@ class ExporterApp:
         if target is None:
             portals = list(cfg.portals) if cfg else []
             reg.register(DocSpaceCollector(self.scraper, portals, scrape_timeout=scrape_timeout,
-                                           clock=self._clock))
+                                           clock=self._clock,
+                                           on_result=self.last_scrape.record))
             reg.register(ExporterCollector(self.state))
             for c in self._process:
                 reg.register(c)
@@ -180,7 +182,8 @@ class ExporterApp:
             portal = cfg.portal(target) if cfg else None
             portals = [portal] if portal else []
             reg.register(DocSpaceCollector(self.scraper, portals, scrape_timeout=scrape_timeout,
-                                           include_errors_for_all=False, clock=self._clock))
+                                           include_errors_for_all=False, clock=self._clock,
+                                           on_result=self.last_scrape.record))
         return reg
 
 
@@ -215,6 +218,7 @@ def default_routes(telemetry_path: str) -> dict[str, Route]:
         telemetry_path: Route(get, lambda h, q: h._metrics(None)),
         "/probe": Route(get, lambda h, q: h._probe(q)),
         "/": Route(get, lambda h, q: h._landing()),
+        "/sd": Route(get, lambda h, q: h._sd()),
         "/-/healthy": Route(get, lambda h, q: h._text(200, "Healthy"), auth=False),
         "/-/ready": Route(get, lambda h, q: h._ready(), auth=False),
         "/-/reload": Route(("POST",), lambda h, q: h._reload()),
@@ -410,27 +414,25 @@ class Handler(BaseHTTPRequestHandler):
         self._metrics(target)
 
     def _landing(self) -> None:
+        """The status page (exporter/status.py): the last scrape of each portal."""
         app = self.server.app
         cfg = app.config
-        rows = "".join(
-            f'<tr><td>{html.escape(p.name)}</td><td>{html.escape(p.url)}</td>'
-            f'<td><a href="/probe?target={html.escape(p.name)}">probe</a></td></tr>'
-            for p in (cfg.portals if cfg else ())
-        )
-        page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>DocSpace Backup Exporter</title></head>
-<body>
-<h1>DocSpace Backup Exporter</h1>
-<p>Version {html.escape(__version__)}</p>
-<ul>
-<li><a href="{html.escape(app.telemetry_path)}">Metrics</a> (all portals)</li>
-<li><a href="/-/healthy">Health</a>, <a href="/-/ready">Readiness</a></li>
-</ul>
-<h2>Portals</h2>
-<table><tr><th>name</th><th>url</th><th></th></tr>{rows}</table>
-</body></html>
-"""
-        self._send(200, page.encode(), "text/html; charset=utf-8")
+        page = status.render(cfg.portals if cfg else (), app.last_scrape, version=__version__,
+                             telemetry_path=app.telemetry_path, now=wall_clock())
+        self._send(200, page, "text/html; charset=utf-8")
+
+    def _sd(self) -> None:
+        """Prometheus http_sd targets: every configured portal as a /probe target of this
+        exporter, addressed as the client reached it (exporter/sd.py)."""
+        try:
+            address = sd.target_address(self.headers.get("Host"), self.server.server_address[1])
+        except sd.BadHost as exc:
+            self._text(400, str(exc))
+            return
+        cfg = self.server.app.config
+        body = sd.document(cfg.portals if cfg else (), address,
+                           tls=isinstance(self.connection, ssl.SSLSocket))
+        self._send(200, body, "application/json")
 
 
 class ExporterHTTPServer(ThreadingHTTPServer):

@@ -377,6 +377,7 @@ EXPECTED_KINDS = {
     "servicemonitor.yaml": ("monitoring.coreos.com/v1", "ServiceMonitor"),
     "probe.yaml": ("monitoring.coreos.com/v1", "Probe"),
     "prometheusrule.yaml": ("monitoring.coreos.com/v1", "PrometheusRule"),
+    "scrapeconfig.yaml": ("monitoring.coreos.com/v1alpha1", "ScrapeConfig"),
     "kustomization.yaml": ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
 }
 
