@@ -24,15 +24,19 @@ INLINE = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 REFERENCE = re.compile(r"^\s*\[[^\]]+\]:\s*(\S+)", re.M)
 
 
+def _unfenced(text: str) -> str:
+    return re.sub(r"^(```|~~~).*?^\1", "", text, flags=re.M | re.S)
+
+
 def _prose(text: str) -> str:
-    text = re.sub(r"^(```|~~~).*?^\1", "", text, flags=re.M | re.S)
-    return re.sub(r"`[^`\n]*`", "", text)
+    return re.sub(r"`[^`\n]*`", "", _unfenced(text))
 
 
 def _anchors(text: str) -> set[str]:
-    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    """GitHub's heading anchors: lower case, punctuation (backquotes too) dropped, spaces to
+    hyphens: "### HTTP service discovery (`/sd`)" is #http-service-discovery-sd."""
     out: set[str] = set()
-    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", _prose(text), re.M):
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", _unfenced(text), re.M):
         slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
         n, candidate = 0, slug
         while candidate in out:
