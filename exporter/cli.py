@@ -44,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="PATH", help="YAML config file (default: %(default)s)")
     p.add_argument("--config.check", dest="config_check", action="store_true",
                    help="validate the config, print every problem, exit 0 (valid) or 1")
-    p.add_argument("--web.listen-address", dest="listen", default=f":{DEFAULT_PORT}",
+    p.add_argument("--web.listen-address", dest="listen", default=None,
                    type=parse_listen_address, metavar="HOST:PORT",
-                   help="address to serve on; :PORT means all interfaces (default: %(default)s)")
+                   help=f"address to serve on; :PORT means all interfaces (default: "
+                        f":{DEFAULT_PORT}, with --demo 127.0.0.1:{DEFAULT_PORT})")
     p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
                    metavar="PATH", help="path of the all-portals endpoint (default: %(default)s)")
     p.add_argument("--web.config.file", dest="web_config", default=None, metavar="PATH",
@@ -81,8 +82,18 @@ def demo_config() -> tuple[Config, object]:
     return Config(portals=tuple(portals), source="--demo"), sim
 
 
+def listen_address(args: argparse.Namespace) -> tuple[str, int]:
+    """--web.listen-address if given; else every interface, or loopback only for --demo (a
+    demo is for the person at this machine, not for the network)."""
+    if args.listen is not None:
+        host, port = args.listen
+        return str(host), int(port)
+    return ("127.0.0.1" if args.demo else "::", DEFAULT_PORT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.listen = listen_address(args)
     logs.setup(args.log_level, args.log_format)
 
     if args.config_check:

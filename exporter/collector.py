@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client.registry import Collector
 
-from exporter import __version__, metrics
+from exporter import __version__, logs, metrics
 from exporter.client import DocSpaceClient, FetchError, wall_clock
 from exporter.config import DEFAULT_MAX_CONCURRENCY, Config, PortalConfig
 from exporter.metrics import SIDE_ENDPOINTS, PortalData
@@ -90,6 +90,8 @@ class Scraper:
         self._host_limits: dict[tuple[str, str, int], threading.BoundedSemaphore] = {}
         self._inflight: dict[str, _Fetch] = {}
         self._errors: dict[tuple[str, str, str], int] = {}
+        # Levels of the failure lines: warn on a change, then a reminder (exporter/logs.py).
+        self.failure_log = logs.FailureLog()
         self.upstream_fetches = 0  # rounds of API calls started; proves request sharing
         self._closed = False
 
@@ -125,6 +127,7 @@ class Scraper:
             for name in list(self._side):
                 if name not in keep or self._side[name][0] != keep[name]:
                     del self._side[name]
+        self.failure_log.retain(keep)
 
     def warm(self, portals: Iterable[PortalConfig]) -> threading.Event:
         """Open each portal's connections in the background (WARM_THREADS at a time), so
@@ -256,6 +259,7 @@ class Scraper:
     def _record(self, fetch: _Fetch) -> None:
         """Count the errors of a finished fetch, once, whoever was waiting for it."""
         login_counted = False
+        failures: list[tuple[str, str, str]] = []  # endpoint, reason, message
         for endpoint, fut in fetch.futures.items():
             if endpoint in SIDE_ENDPOINTS:
                 self._side_store(fetch.portal, endpoint, fut)
@@ -273,14 +277,23 @@ class Scraper:
             if err.endpoint == "login":
                 if not login_counted:
                     self._count(fetch.portal.name, "login", err.reason)
-                    log.warning("login failed", extra={
-                        "portal": fetch.portal.name, "reason": err.reason, "err": str(err)})
+                    failures.append(("login", err.reason, str(err)))
                     login_counted = True
                 continue
             self._count(fetch.portal.name, endpoint, err.reason)
-            log.warning("API call failed", extra={
-                "portal": fetch.portal.name, "endpoint": endpoint, "reason": err.reason,
-                "err": str(err)})
+            failures.append((endpoint, err.reason, str(err)))
+        name = fetch.portal.name
+        level = self.failure_log.level(name, frozenset((e, r) for e, r, _ in failures))
+        if level == logging.INFO:
+            log.info("portal answers again", extra={"portal": name})
+        elif level is not None:
+            for endpoint, reason, text in failures:
+                if endpoint == "login":
+                    log.log(level, "login failed", extra={
+                        "portal": name, "reason": reason, "err": text})
+                else:
+                    log.log(level, "API call failed", extra={
+                        "portal": name, "endpoint": endpoint, "reason": reason, "err": text})
 
     def scrape(self, portals: list[PortalConfig], scrape_timeout: float | None = None
                ) -> list[PortalData]:

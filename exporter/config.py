@@ -182,9 +182,15 @@ class _Loader:
         self.base_dir = base_dir
         self.environ = environ
         self.problems: list[str] = []
+        # Paths whose ${VAR} is unset: that is their one problem, not also "must not be
+        # empty" or "has no host" about what is left.
+        self._unresolved: set[str] = set()
 
     def problem(self, path: str, msg: str) -> None:
-        self.problems.append(f"{path}: {msg}")
+        entry = f"{path}: {msg}"
+        # A `defaults` value is checked once per portal: report it once.
+        if path not in self._unresolved and entry not in self.problems:
+            self.problems.append(entry)
 
     def expand(self, path: str, value: Any) -> Any:
         if not isinstance(value, str):
@@ -194,6 +200,7 @@ class _Loader:
             var = m.group(1)
             if var not in self.environ:
                 self.problem(path, f"environment variable {var} is not set")
+                self._unresolved.add(path)
                 return ""
             return self.environ[var]
 
@@ -332,8 +339,12 @@ def _portal(loader: _Loader, path: str, raw: Any, defaults: dict[str, Any]) -> P
             ca_path = Path(ca_file)
             if not ca_path.is_absolute():
                 ca_path = loader.base_dir / ca_path
-            if not ca_path.is_file():
-                loader.problem(paths["ca_file"], f"cannot read {ca_file}")
+            try:
+                with open(ca_path, "rb") as fh:
+                    fh.read(1)
+            except OSError as exc:
+                # Why, as for the *_file secrets: no such file, a directory, permission.
+                loader.problem(paths["ca_file"], f"cannot read {ca_file}: {exc.strerror or exc}")
             ca_file = str(ca_path)
 
     timezone = None
@@ -507,6 +518,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: config file is not UTF-8 text"]) from None
     try:
+        duplicates = duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -514,4 +526,51 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         what = getattr(exc, "problem", None) or "invalid YAML"
         # Only the position and the parser's complaint: the offending line itself may hold a key.
         raise ConfigError([f"{path}: invalid YAML at {where}: {what}"]) from None
-    return parse_config(data, base_dir=p.resolve().parent, environ=environ, source=str(path))
+    try:
+        config = parse_config(data, base_dir=p.resolve().parent, environ=environ,
+                              source=str(path))
+    except ConfigError as exc:
+        raise ConfigError(duplicates + exc.problems) from None
+    if duplicates:
+        raise ConfigError(duplicates)
+    return config
+
+
+def duplicate_keys(node: yaml.Node | None) -> list[str]:
+    """A problem for every key repeated in a YAML mapping, with its path and lines.
+
+    PyYAML keeps the last of two equal keys without a word, so a portal with `url:` twice
+    would silently use the second one."""
+    out: list[str] = []
+    seen_nodes: set[int] = set()  # an alias repeats a node: walk it once
+
+    def walk(node: yaml.Node, path: str) -> None:
+        if id(node) in seen_nodes:
+            return
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`
+                    walk(value_node, path)
+                    continue
+                if isinstance(key_node, yaml.ScalarNode):
+                    key = str(key_node.value)
+                    child = f"{path}.{key}" if path else key
+                    line = key_node.start_mark.line + 1
+                    where = (key_node.tag, key_node.value)
+                    if where in first:
+                        out.append(f"{child}: duplicate key (line {line}; first on line "
+                                   f"{first[where]}); each key may appear once")
+                    else:
+                        first[where] = line
+                else:
+                    child = f"{path}.<key>" if path else "<key>"
+                walk(value_node, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{path}[{i}]")
+
+    if node is not None:
+        walk(node, "")
+    return out

@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable, Collection
 from typing import Any, TextIO
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
@@ -94,3 +95,45 @@ def setup(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None
     # urllib3 logs full URLs with query at debug; ours are secret-free, but its
     # connection-pool chatter is noise at any level we run.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+# A portal that stays down logs at warn when its failures change (which endpoints, which
+# reasons), then again at most once per REMINDER_INTERVAL while they last; every scrape's
+# detail is at debug. 5 minutes: at the usual 1-minute scrape interval one warn line in five
+# scrapes instead of one per scrape and endpoint, yet still a reminder or two before
+# DocSpacePortalDown (for: 15m) fires, so someone reading the log sees the outage go on.
+REMINDER_INTERVAL = 300.0
+
+
+class FailureLog:
+    """Decides the level of a portal's failure lines, per scrape (thread-safe)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 reminder: float = REMINDER_INTERVAL) -> None:
+        self._clock = clock
+        self._reminder = reminder
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[frozenset[tuple[str, str]], float]] = {}
+
+    def level(self, portal: str, failures: frozenset[tuple[str, str]]) -> int | None:
+        """WARNING when `failures` ((endpoint, reason) pairs) differ from the last warned
+        ones or the reminder is due, DEBUG while they stay the same, INFO once when a failing
+        portal answers again, None for a portal that keeps answering."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(portal)
+            if not failures:
+                if last is None:
+                    return None
+                del self._last[portal]
+                return logging.INFO
+            if last is None or last[0] != failures or now - last[1] >= self._reminder:
+                self._last[portal] = (failures, now)
+                return logging.WARNING
+            return logging.DEBUG
+
+    def retain(self, portals: Collection[str]) -> None:
+        """Forget portals no longer configured."""
+        with self._lock:
+            for name in [n for n in self._last if n not in portals]:
+                del self._last[name]

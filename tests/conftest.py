@@ -21,7 +21,24 @@ from exporter.config import (
 )
 from exporter.server import ExporterApp, ExporterHTTPServer, WebConfig
 from exporter.simulator import SimPortal, Simulator
+from tests import deploy_helpers as dh
 from tests.hardening_helpers import parse_samples
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The Prometheus releases the `prom` tests run against (or why one is missing)."""
+    lines = []
+    for major in dh.PROM_MAJORS:
+        found = dh.find_release(major)
+        lines.append(f"prometheus{major}: " + (found if isinstance(found, str) else
+                                              f"{found.label} ({found.prometheus})"))
+    return lines
+
+
+@pytest.fixture(scope="module", params=dh.PROM_MAJORS, ids=lambda m: f"prometheus{m}")
+def prom(request: pytest.FixtureRequest) -> dh.PromRelease:
+    """Each Prometheus major release in turn (tests/deploy_helpers.py says how to use it)."""
+    return dh.prom_release(request.param)
 
 
 @pytest.fixture

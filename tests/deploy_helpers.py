@@ -1,9 +1,30 @@
-"""Shared helpers of the deploy tests: binaries, ports, child processes, bounded waits."""
+"""Shared helpers of the deploy tests: binaries, ports, child processes, bounded waits.
+
+Prometheus 2 and 3
+------------------
+Tests that run a real Prometheus, promtool, Alertmanager or amtool run once per Prometheus
+major release by taking the `prom` fixture (tests/conftest.py); `prom` is a `PromRelease`:
+
+    def test_something(prom: dh.PromRelease, tmp_path: Path) -> None:
+        dh.run([prom.promtool, "check", "rules", ...])
+        with dh.children() as started:
+            url = dh.start_prometheus(started, tmp_path, config, release=prom)
+
+  prometheus2  Debian's `prometheus`/`promtool`/`prometheus-alertmanager`/`amtool` from PATH
+               (PROMETHEUS2_BIN, PROMTOOL2_BIN, ALERTMANAGER2_BIN, AMTOOL2_BIN override them).
+  prometheus3  PROMETHEUS3_BIN, PROMTOOL3_BIN, ALERTMANAGER3_BIN, AMTOOL3_BIN, else the
+               binaries .ci/run unpacked from Debian unstable into PROM3_HOME/usr/bin
+               (default /opt/docspace-ci/prom3/current/usr/bin).
+Each release's versions are checked (the major must match; Alertmanager >= 0.28 beside 3.x)
+and printed in pytest's header. A missing release skips outside CI and fails with CI=true,
+like `binary()`. A module-scoped fixture that starts a stack per release takes `prom` too.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -15,6 +36,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -86,6 +108,106 @@ def binary(name: str, *, optional: bool = False) -> str:
         pytest.skip(reason)
     unavailable(reason)
     raise AssertionError("unreachable")
+
+
+# --- Prometheus releases ------------------------------------------------------------------
+
+# The major releases every Prometheus-backed test runs against (see the module docstring).
+PROM_MAJORS = (2, 3)
+PROM3_HOME_DEFAULT = "/opt/docspace-ci/prom3/current"
+# The oldest Alertmanager run beside Prometheus 3 (the first one made for 3.x).
+ALERTMANAGER_MIN_WITH_PROM3 = (0, 28, 0)
+_PROM_TOOLS = ("prometheus", "promtool", "alertmanager", "amtool")
+_PROM3_FILES = {"prometheus": "prometheus", "promtool": "promtool",
+                "alertmanager": "prometheus-alertmanager", "amtool": "amtool"}
+
+
+@dataclass(frozen=True)
+class PromRelease:
+    """The binaries of one Prometheus major release and the versions they report."""
+
+    major: int
+    prometheus: str
+    promtool: str
+    alertmanager: str
+    amtool: str
+    versions: dict[str, str]
+
+    @property
+    def label(self) -> str:
+        return (f"prometheus {self.versions['prometheus']}, promtool {self.versions['promtool']}"
+                f", alertmanager {self.versions['alertmanager']}"
+                f", amtool {self.versions['amtool']}")
+
+
+def tool_version(exe: str) -> str:
+    """`x.y.z` from `exe --version` (Prometheus tools print "<name>, version x.y.z...")."""
+    out = run([exe, "--version"], timeout=30)
+    m = re.search(r"version (\d+\.\d+\.\d+)", out.stdout + out.stderr)
+    if not m:
+        raise ValueError(f"{exe} --version: no version in {out.stdout + out.stderr!r}")
+    return m.group(1)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("."))
+
+
+def _release_paths(major: int) -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    home = Path(os.environ.get("PROM3_HOME") or PROM3_HOME_DEFAULT) / "usr" / "bin"
+    for tool in _PROM_TOOLS:
+        override = os.environ.get(f"{tool.upper()}{major}_BIN")
+        if override:
+            found[tool] = override if os.access(override, os.X_OK) else None
+        elif major == 3:
+            path = home / _PROM3_FILES[tool]
+            found[tool] = str(path) if os.access(path, os.X_OK) else None
+        else:
+            found[tool] = next(filter(None, map(shutil.which, _BINARIES[tool])), None)
+    return found
+
+
+_RELEASES: dict[int, PromRelease | str] = {}
+
+
+def find_release(major: int) -> PromRelease | str:
+    """The release's binaries and versions, or why it cannot be had (cached per process)."""
+    if major not in _RELEASES:
+        _RELEASES[major] = _find_release(major)
+    return _RELEASES[major]
+
+
+def _find_release(major: int) -> PromRelease | str:
+    paths = _release_paths(major)
+    missing = [tool for tool, path in paths.items() if path is None]
+    if missing:
+        how = ("install Debian's prometheus and prometheus-alertmanager" if major == 2 else
+               "run .ci/run (it unpacks Debian unstable's packages), or set "
+               + ", ".join(f"{t.upper()}3_BIN" for t in _PROM_TOOLS))
+        return f"Prometheus {major}.x: {', '.join(missing)} not found ({how})"
+    exes = {tool: str(path) for tool, path in paths.items()}
+    try:
+        versions = {tool: tool_version(exe) for tool, exe in exes.items()}
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        return f"Prometheus {major}.x: {exc}"
+    for tool in ("prometheus", "promtool"):
+        if _version_tuple(versions[tool])[0] != major:
+            return f"Prometheus {major}.x: {exes[tool]} is version {versions[tool]}"
+    if major >= 3 and _version_tuple(versions["alertmanager"]) < ALERTMANAGER_MIN_WITH_PROM3:
+        return (f"Prometheus {major}.x: {exes['alertmanager']} is version "
+                f"{versions['alertmanager']}, older than 0.28")
+    return PromRelease(major, exes["prometheus"], exes["promtool"], exes["alertmanager"],
+                       exes["amtool"], versions)
+
+
+def prom_release(major: int) -> PromRelease:
+    """The release, or skip (outside CI) / fail (CI=true) saying what is missing."""
+    found = find_release(major)
+    if isinstance(found, str):
+        unavailable(found)
+        raise AssertionError("unreachable")
+    return found
 
 
 def run(cmd: list[str], *, timeout: float = 120, cwd: Path | None = None,
@@ -212,9 +334,11 @@ def start_exporter(started: list[Child], workdir: Path, *, port: int | None = No
     return f"127.0.0.1:{port}"
 
 
-def start_prometheus(started: list[Child], workdir: Path, config: Path) -> str:
-    """A real Prometheus on 127.0.0.1 with its TSDB in `workdir`; returns its base URL."""
-    exe = binary("prometheus")
+def start_prometheus(started: list[Child], workdir: Path, config: Path, *,
+                     release: PromRelease | None = None) -> str:
+    """A real Prometheus on 127.0.0.1 with its TSDB in `workdir`; returns its base URL.
+    `release` picks the binary (default: `prometheus` from PATH)."""
+    exe = release.prometheus if release else binary("prometheus")
     port = free_port()
     storage = workdir / f"prometheus-data-{port}"
     child = Child("prometheus", [
@@ -230,9 +354,11 @@ def start_prometheus(started: list[Child], workdir: Path, config: Path) -> str:
     return url
 
 
-def start_alertmanager(started: list[Child], workdir: Path, config: Path) -> str:
-    """A real Alertmanager on 127.0.0.1 (clustering off); returns its base URL."""
-    exe = binary("alertmanager")
+def start_alertmanager(started: list[Child], workdir: Path, config: Path, *,
+                       release: PromRelease | None = None) -> str:
+    """A real Alertmanager on 127.0.0.1 (clustering off); returns its base URL.
+    `release` picks the binary (default: Debian's from PATH)."""
+    exe = release.alertmanager if release else binary("alertmanager")
     port = free_port()
     child = Child("alertmanager", [
         exe,

@@ -80,7 +80,11 @@ def test_secrets_are_not_in_repr() -> None:
                               "portals[2]: has more than one auth method"]),
         ("unreadable_files.yaml", ["portals[0].api_key_file: cannot read secrets/does-not-exist",
                                    "portals[1].password_file: cannot read /nonexistent/pw",
-                                   "portals[2].ca_file: cannot read missing-ca.pem"]),
+                                   "portals[2].ca_file: cannot read missing-ca.pem: No such file"]),
+        ("ca_file_directory.yaml", ["portals[0].ca_file: cannot read secrets: Is a directory"]),
+        ("duplicate_keys.yaml", ["defaults.timeout: duplicate key (line 5; first on line 4)",
+                                 "portals[0].url: duplicate key (line 9; first on line 8)",
+                                 "max_concurrency: duplicate key (line 11; first on line 2)"]),
         ("env_unset.yaml", ["portals[0].url: environment variable DOCSPACE_HOST_UNSET_FOR_TEST",
                             "portals[0].api_key: environment variable "
                             "DOCSPACE_KEY_UNSET_FOR_TEST"]),
@@ -95,6 +99,31 @@ def test_config_failure_modes(fixture: str, expected: list[str]) -> None:
     problems = problems_of(fixture, environ={})
     for want in expected:
         assert any(want in p for p in problems), (want, problems)
+
+
+def test_duplicate_keys_are_errors_even_when_the_rest_is_valid() -> None:
+    problems = problems_of("duplicate_keys.yaml")
+    assert len(problems) == 3, problems  # nothing else is wrong with the file
+    assert not any("https://b.example.com" in p for p in problems)  # values stay out
+
+
+def test_duplicate_keys_beside_other_problems_and_through_aliases(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("base: &b {name: a, name: b}\nportals:\n  - *b\n  - *b\n"
+                    "  - {<<: *b, url: x, url: y}\n")
+    problems = problems_of(str(path))
+    assert [p for p in problems if "duplicate key" in p] == [
+        "base.name: duplicate key (line 1; first on line 1); each key may appear once",
+        "portals[2].url: duplicate key (line 5; first on line 5); each key may appear once"]
+    assert "base: unknown key" in problems  # the other problems are still reported
+
+
+def test_unset_variable_is_one_problem_per_value() -> None:
+    """`${UNSET}` is reported once, not again as the empty value it leaves behind."""
+    problems = problems_of("env_unset.yaml", environ={})
+    assert problems == [
+        "portals[0].url: environment variable DOCSPACE_HOST_UNSET_FOR_TEST is not set",
+        "portals[0].api_key: environment variable DOCSPACE_KEY_UNSET_FOR_TEST is not set"]
 
 
 def test_every_problem_reported_at_once() -> None:

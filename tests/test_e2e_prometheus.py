@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +52,8 @@ def fast_alertmanager_config(dest: Path, webhook: str) -> Path:
 class Webhook:
     notifications: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Accept headers of Prometheus's scrapes of this server (job ACCEPT_JOB).
+    accepts: list[str] = field(default_factory=list)
 
     def alerts(self, receiver: str | None = None) -> list[tuple[str, dict[str, str]]]:
         """(status, labels) of every alert in every notification received so far."""
@@ -69,12 +72,36 @@ def serve_webhook(hook: Webhook) -> ThreadingHTTPServer:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
+        def do_GET(self) -> None:  # noqa: N802
+            """A scrape target that records what Prometheus asks for."""
+            with hook.lock:
+                hook.accepts.append(self.headers.get("Accept", ""))
+            body = b"accept_recorder 1\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+ACCEPT_JOB = "accept-recorder"
+
+
+def add_accept_recorder(config: Path, address: str) -> None:
+    """One more scrape job, at the webhook server, to learn the Accept header this Prometheus
+    release sends (the shipped jobs are unchanged)."""
+    doc = yaml.safe_load(config.read_text())
+    doc["scrape_configs"].append({"job_name": ACCEPT_JOB, "scrape_interval": "1s",
+                                  "scrape_timeout": "1s",
+                                  "static_configs": [{"targets": [address]}]})
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 # --- the stack --------------------------------------------------------------------------
@@ -86,11 +113,13 @@ class Stack:
     prometheus: str
     alertmanager: str
     webhook: Webhook
+    release: dh.PromRelease
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    work = tmp_path_factory.mktemp("e2e")
+def stack(prom: dh.PromRelease, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The stack on one Prometheus release (2.x and 3.x in turn, see the `prom` fixture)."""
+    work = tmp_path_factory.mktemp(f"e2e-prometheus{prom.major}")
     hook = Webhook()
     server = serve_webhook(hook)
     try:
@@ -98,12 +127,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             exporter = dh.start_exporter(started, work)
             am_config = fast_alertmanager_config(
                 work / "alertmanager.yml", f"http://127.0.0.1:{server.server_address[1]}")
-            alertmanager = dh.start_alertmanager(started, work, am_config)
+            alertmanager = dh.start_alertmanager(started, work, am_config, release=prom)
             prom_config = dh.fast_prometheus_config(
                 work / "prometheus.yml", dh.fast_rules(work / "rules.yml"), exporter,
                 alertmanager.removeprefix("http://"))
-            prometheus = dh.start_prometheus(started, work, prom_config)
-            yield Stack(exporter, prometheus, alertmanager, hook)
+            add_accept_recorder(prom_config, f"127.0.0.1:{server.server_address[1]}")
+            prometheus = dh.start_prometheus(started, work, prom_config, release=prom)
+            yield Stack(exporter, prometheus, alertmanager, hook, prom)
     finally:
         server.shutdown()
         server.server_close()
@@ -135,6 +165,48 @@ def test_copies_only_shorten_for(tmp_path: Path) -> None:
             assert {k: v for k, v in fast_rule.items() if k != "for"} == {
                 k: v for k, v in rule.items() if k != "for"}
             assert fast_rule.get("for") == (dh.SHORT_FOR if "for" in rule else None)
+
+
+# The media types (and their `version`s) a Prometheus 3 scrape accepts without a
+# `fallback_scrape_protocol`: anything else fails the scrape ("unsupported Content-Type").
+PROM3_CONTENT_TYPES = {("text/plain", "0.0.4"), ("text/plain", "1.0.0"),
+                       ("application/openmetrics-text", "0.0.1"),
+                       ("application/openmetrics-text", "1.0.0")}
+
+
+def _media_type(content_type: str) -> tuple[str, str]:
+    kind, *params = (p.strip() for p in content_type.split(";"))
+    values = dict(p.split("=", 1) for p in params if "=" in p)
+    return kind.lower(), values.get("version", "")
+
+
+def test_scraped_without_fallback_scrape_protocol(stack: Stack) -> None:
+    """Prometheus 2 and 3 scrape /metrics and /probe with the shipped jobs as they are (no
+    `fallback_scrape_protocol`), and the exporter answers the Accept header each release
+    really sends with a Content-Type Prometheus 3 accepts."""
+    print(f"ran with {stack.release.label}")
+    shipped = dh.PROMETHEUS_CONFIG.read_text()
+    assert "fallback_scrape_protocol" not in shipped
+    loaded = dh.http_json(stack.prometheus + "/api/v1/status/config")["data"]["yaml"]
+    assert "fallback_scrape_protocol" not in loaded
+
+    def targets_up() -> list[dict[str, Any]] | None:
+        active = dh.http_json(stack.prometheus + "/api/v1/targets")["data"]["activeTargets"]
+        ours = [t for t in active if t["labels"]["job"] in ("docspace", "docspace-probe")]
+        return ours if ours and all(t["health"] == "up" for t in ours) else None
+
+    ours = dh.wait_until(targets_up, what="the shipped jobs' targets up")
+    assert all(t["lastError"] == "" for t in ours), [t["lastError"] for t in ours]
+    assert dh.prom_query(stack.prometheus, 'scrape_samples_scraped{job="docspace"} > 100')
+    accept = dh.wait_until(lambda: list(stack.webhook.accepts),
+                           what="a scrape of the Accept recorder")[-1]
+    for path in ("/metrics", "/probe?target=healthy"):
+        req = urllib.request.Request(f"http://{stack.exporter}{path}", headers={
+            "Accept": accept, "X-Prometheus-Scrape-Timeout-Seconds": "1"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            content_type = resp.headers["Content-Type"]
+            assert resp.status == 200
+        assert _media_type(content_type) in PROM3_CONTENT_TYPES, (accept, content_type)
 
 
 def test_stale_and_failed_backups_reach_alertmanager(stack: Stack) -> None:
@@ -297,7 +369,8 @@ def _hashmod(value: str, modulus: int) -> int:
     return int.from_bytes(hashlib.md5(value.encode()).digest()[8:], "big") % modulus  # noqa: S324
 
 
-def test_sharded_config_spreads_probes_over_two_exporters(tmp_path: Path) -> None:
+def test_sharded_config_spreads_probes_over_two_exporters(prom: dh.PromRelease,
+                                                         tmp_path: Path) -> None:
     """prometheus-sharded.yml against two real exporters: each portal goes to the replica its
     hashmod picks, and both replicas get work."""
     doc = yaml.safe_load(dh.PROMETHEUS_SHARDED_CONFIG.read_text())
@@ -320,7 +393,7 @@ def test_sharded_config_spreads_probes_over_two_exporters(tmp_path: Path) -> Non
                         rc["replacement"] = names[rc["replacement"]]
         config = tmp_path / "prometheus-sharded.yml"
         config.write_text(yaml.safe_dump(doc, sort_keys=False))
-        prometheus = dh.start_prometheus(started, tmp_path, config)
+        prometheus = dh.start_prometheus(started, tmp_path, config, release=prom)
 
         def probe_targets() -> list[dict[str, Any]] | None:
             active = dh.http_json(prometheus + "/api/v1/targets")["data"]["activeTargets"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import signal
 import socket
@@ -420,6 +421,40 @@ def test_demo_mode_serves_every_scenario() -> None:
     assert "msg=listening" in err
 
 
+def test_demo_listens_on_loopback_unless_an_address_is_given() -> None:
+    """`--demo` alone serves 127.0.0.1 only (the README says loopback); an explicit
+    --web.listen-address still wins, and without --demo the default is every interface."""
+    from exporter import cli
+
+    def address(*argv: str) -> tuple[str, int]:
+        return cli.listen_address(cli.build_parser().parse_args(list(argv)))
+
+    assert address("--demo") == ("127.0.0.1", cli.DEFAULT_PORT)
+    assert address("--demo", "--web.listen-address", ":9") == ("::", 9)
+    assert address("--demo", "--web.listen-address", "[::1]:9") == ("::1", 9)
+    assert address() == ("::", cli.DEFAULT_PORT)
+    # The real demo, started as users do (no address), with the default port swapped for a
+    # free one so that the test takes no fixed port: it binds loopback and serves there.
+    code = "import exporter.cli as c; c.DEFAULT_PORT = 0; raise SystemExit(c.main(['--demo']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = ""
+        deadline = time.monotonic() + 30
+        while "msg=listening" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "the demo exited before listening"
+        listening = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        host, _, port = listening["address"].rpartition(":")
+        assert host == "127.0.0.1", line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/healthy", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        rc, err = _stop_cli(proc)
+    assert rc == 0, err
+
+
 def test_sighup_reloads_the_config_file(sim: Simulator, tmp_path: Path) -> None:
     sim.add_portal("a", "healthy")
     sim.add_portal("b", "healthy")
@@ -497,3 +532,59 @@ def test_connection_cap_closes_extra_connections(sim: Simulator, exporter: Expor
             pass
         time.sleep(0.05)
     assert run.get("/-/healthy")[0] == 200  # the slots are free again
+
+
+def test_a_portal_that_stays_down_warns_on_changes_and_then_every_few_minutes(
+        sim: Simulator, caplog: pytest.LogCaptureFixture) -> None:
+    """One warn per failing endpoint when a portal goes down or its reason changes, a
+    reminder once REMINDER_INTERVAL has passed, debug in between, info when it answers
+    again. The clock is injected: no sleeps."""
+    from exporter.collector import Scraper
+    from exporter.logs import REMINDER_INTERVAL, FailureLog
+
+    sim.add_portal("a", "down")
+    sim.add_portal("ok", "healthy")
+    portals = [portal_config(sim, sim.portal("a")), portal_config(sim, sim.portal("ok"))]
+    now = [1000.0]
+    scraper = Scraper(max_workers=8)
+    scraper.failure_log = FailureLog(clock=lambda: now[0])
+    assert 60 <= REMINDER_INTERVAL <= 900  # "every few minutes"
+
+    def scrape_at(t: float) -> list[tuple[int, str, dict[str, str]]]:
+        now[0] = 1000.0 + t
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="exporter.collector"):
+            data = scraper.scrape(portals)
+        assert {d.name: bool(d.failed) for d in data}["ok"] is False
+        return [(r.levelno, r.getMessage(), {k: str(getattr(r, k, "")) for k in (
+            "portal", "endpoint", "reason")}) for r in caplog.records
+            if r.name == "exporter.collector"]
+
+    def at(level: int, lines: list[tuple[int, str, dict[str, str]]]) -> list[tuple[str, str]]:
+        return sorted((f["endpoint"], f["reason"]) for lv, _, f in lines if lv == level)
+
+    try:
+        first = scrape_at(0)
+        down = at(logging.WARNING, first)  # one line per failing endpoint
+        core = {("backup_progress", "http_error"), ("restore_progress", "http_error"),
+                ("schedule", "http_error")}
+        assert core <= set(down), down
+        assert {reason for _, reason in down} == {"http_error"}
+        assert all(f["portal"] == "a" for _, _, f in first)  # nothing about the healthy one
+        for t in (60, 120, REMINDER_INTERVAL - 1):  # same state: detail at debug only
+            lines = scrape_at(t)
+            assert at(logging.WARNING, lines) == [], t
+            assert at(logging.DEBUG, lines) == down, t
+        assert at(logging.WARNING, scrape_at(REMINDER_INTERVAL)) == down  # the reminder
+        assert at(logging.WARNING, scrape_at(REMINDER_INTERVAL + 60)) == []
+        sim.set_scenario("a", "rate_limited")  # the reason changes: warn at once
+        changed = scrape_at(REMINDER_INTERVAL + 120)
+        assert {r for _, r in at(logging.WARNING, changed)} == {"rate_limited"}
+        sim.set_scenario("a", "healthy")
+        back = scrape_at(REMINDER_INTERVAL + 180)
+        assert [(lv, msg) for lv, msg, _ in back] == [(logging.INFO, "portal answers again")]
+        assert scrape_at(REMINDER_INTERVAL + 240) == []
+        sim.set_scenario("a", "down")  # down again after recovering: a warn, not a debug
+        assert core <= set(at(logging.WARNING, scrape_at(REMINDER_INTERVAL + 300)))
+    finally:
+        scraper.close()

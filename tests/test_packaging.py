@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import ast
 import fnmatch
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -15,6 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 try:
@@ -150,6 +153,52 @@ def test_dockerignore_lets_in_only_the_build_sources() -> None:
         assert dockerignored(unwanted, patterns), unwanted
 
 
+RUNTIME_MODULES = ("prometheus_client", "requests", "urllib3", "yaml", "bcrypt")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_third_party_import_is_a_declared_dependency_with_a_floor() -> None:
+    """What exporter/ imports (at module level or lazily) outside the standard library is a
+    declared runtime dependency, each with the `>=` floor that .ci/floors installs and tests;
+    urllib3 is imported directly, so it is declared, not left to requests."""
+    tomllib = pytest.importorskip("tomllib")
+    deps = tomllib.loads((dh.REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {}
+    for dep in deps:
+        m = re.fullmatch(r"([A-Za-z0-9._-]+)>=([0-9][0-9A-Za-z.]*)", dep.replace(" ", ""))
+        assert m, f"{dep!r}: every runtime dependency needs a plain `>=` floor"
+        floors[_canonical(m.group(1))] = m.group(2)
+    imported = set()
+    for source in (dh.REPO / "exporter").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"exporter", "__future__"}
+    assert set(RUNTIME_MODULES) <= third_party, third_party
+    providers = importlib.metadata.packages_distributions()
+    for module in sorted(third_party):
+        dists = {_canonical(d) for d in providers.get(module, [])}
+        assert dists & set(floors), f"exporter/ imports {module} ({dists}) but " \
+                                    f"pyproject.toml declares only {sorted(floors)}"
+
+
+def dependency_dirs() -> list[str]:
+    """The directories this interpreter imports the runtime dependencies from."""
+    dirs = []
+    for module in RUNTIME_MODULES:
+        spec = importlib.util.find_spec(module)
+        assert spec and spec.origin, module
+        where = str(Path(spec.origin).parent.parent)
+        if where not in dirs:
+            dirs.append(where)
+    return dirs
+
+
 def test_dockerfile_install_steps_in_a_fresh_venv(tmp_path: Path) -> None:
     """Replays the builder (COPY sources, `pip wheel`) and the runtime install in tmp dirs,
     then runs the console script, the CMD's config flag and the HEALTHCHECK command."""
@@ -178,12 +227,19 @@ def test_dockerfile_install_steps_in_a_fresh_venv(tmp_path: Path) -> None:
     assert not [n for n in names if n.startswith(("tests/", "deploy/"))]
     assert re.search(r"docspace-backup-exporter\s*=\s*exporter\.cli:main", entry_points)
 
-    # Runtime: a fresh venv; dependencies come from this interpreter's site-packages so the
-    # test works offline (the image installs them from the builder's wheels instead).
+    # Runtime: a fresh venv that sees the runtime dependencies where the interpreter running
+    # the tests imports them from, so that the test works offline (the image installs them
+    # from the builder's wheels instead). Not `--system-site-packages`: when the tests run in a
+    # venv, that would show the base interpreter's packages, not this venv's.
     venv = tmp_path / "venv"
-    made = dh.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    made = dh.run([sys.executable, "-m", "venv", str(venv)])
     assert made.returncode == 0, made.stderr
     bindir = venv / ("Scripts" if os.name == "nt" else "bin")
+    purelib = dh.run([str(bindir / "python"), "-c",
+                      "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+    assert purelib.returncode == 0, purelib.stderr
+    (Path(purelib.stdout.strip()) / "runtime-deps.pth").write_text(
+        "".join(f"{d}\n" for d in dependency_dirs()))
     installed = dh.run([str(bindir / "python"), "-m", "pip", "install", "--no-cache-dir",
                         "--no-index", "--no-deps", str(wheel)], cwd=tmp_path, timeout=300)
     assert installed.returncode == 0, installed.stdout + installed.stderr
@@ -260,6 +316,16 @@ def test_compose_services_and_mounts() -> None:
     named = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])
              if not v.startswith(".")}
     assert named == set(doc["volumes"])
+
+
+def test_compose_runs_prometheus_3_lts_and_a_matching_alertmanager() -> None:
+    """The demo stack runs what CI tests beside Prometheus 2: Prometheus 3 (the 3.5 LTS line)
+    and an Alertmanager made for it (>= 0.28)."""
+    services = compose()["services"]
+    prometheus = services["prometheus"]["image"].rsplit(":v", 1)[1]
+    alertmanager = services["alertmanager"]["image"].rsplit(":v", 1)[1]
+    assert prometheus.split(".")[:2] == ["3", "5"], prometheus
+    assert tuple(map(int, alertmanager.split("."))) >= dh.ALERTMANAGER_MIN_WITH_PROM3
 
 
 def test_compose_prometheus_gets_the_shipped_config_and_rules() -> None:

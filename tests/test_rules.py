@@ -36,17 +36,20 @@ def _duration(text: str) -> float:
     return sum(int(n) * units[u] for n, u in parts)
 
 
-def _readme_section(begin: str, end: str) -> str:
+def _readme_section(heading: str) -> str:
+    """A `## ` section of the README, from its heading to the next `## ` heading."""
     text = dh.README.read_text()
-    start = text.index(begin) + len(begin)
-    return text[start:text.index(end, start)]
+    m = re.search(rf"^{re.escape(heading)}\s*$", text, re.M)
+    assert m, f"README has no {heading!r}"
+    nxt = re.search(r"^## ", text[m.end():], re.M)
+    return text[m.start():m.end() + nxt.start() if nxt else len(text)]
 
 
 # --- promtool -------------------------------------------------------------------------
 
 
-def test_promtool_check_rules() -> None:
-    promtool = dh.binary("promtool")
+def test_promtool_check_rules(prom: dh.PromRelease) -> None:
+    promtool = prom.promtool
     result = dh.run([promtool, "check", "rules", str(dh.RULES_FILE)])
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -54,8 +57,8 @@ def test_promtool_check_rules() -> None:
     assert f"SUCCESS: {n_rules} rules found" in output, output
 
 
-def test_promtool_unit_tests_pass() -> None:
-    promtool = dh.binary("promtool")
+def test_promtool_unit_tests_pass(prom: dh.PromRelease) -> None:
+    promtool = prom.promtool
     files = sorted(dh.RULE_TESTS_DIR.glob("*.yml"))
     assert len(files) >= 3, files
     result = dh.run([promtool, "test", "rules", *map(str, files)], cwd=dh.RULE_TESTS_DIR)
@@ -65,9 +68,9 @@ def test_promtool_unit_tests_pass() -> None:
     assert output.count("SUCCESS") == len(files), output
 
 
-def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
+def test_promtool_unit_tests_can_fail(prom: dh.PromRelease, tmp_path: Path) -> None:
     """The unit tests pin the thresholds: a rule file with a different staleness factor fails."""
-    promtool = dh.binary("promtool")
+    promtool = prom.promtool
     text = dh.RULES_FILE.read_text()
     assert text.count("> 1.5 * last_over_time") == 1
     (tmp_path / "docspace-backup.rules.yml").write_text(
@@ -194,9 +197,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 
 
 def test_every_runbook_anchor_has_a_readme_heading() -> None:
-    section = _readme_section("<!-- BEGIN ALERT RUNBOOKS (owned by deploy work) -->",
-                              "<!-- END ALERT RUNBOOKS -->")
-    assert re.search(r"^## Alerts\s*$", section, re.M)
+    section = _readme_section("## Alerts")
     headings = re.findall(r"^### (\S+)\s*$", section, re.M)
     assert sorted(headings) == sorted(ALERT_NAMES)
     # GitHub's anchor of "### DocSpaceBackupStale" is "#docspacebackupstale".
@@ -211,8 +212,8 @@ def test_every_runbook_anchor_has_a_readme_heading() -> None:
 # --- Alertmanager ---------------------------------------------------------------------
 
 
-def test_amtool_check_config() -> None:
-    amtool = dh.binary("amtool")
+def test_amtool_check_config(prom: dh.PromRelease) -> None:
+    amtool = prom.amtool
     result = dh.run([amtool, "check-config", str(dh.ALERTMANAGER_CONFIG)])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
@@ -224,8 +225,9 @@ def test_amtool_check_config() -> None:
     (["severity=info", "alertname=DocSpaceRestoreInProgress", "portal=p"], "blackhole"),
     (["alertname=SomethingElse"], "default"),
 ])
-def test_alertmanager_routes_by_severity(labels: list[str], receiver: str) -> None:
-    amtool = dh.binary("amtool")
+def test_alertmanager_routes_by_severity(prom: dh.PromRelease, labels: list[str],
+                                        receiver: str) -> None:
+    amtool = prom.amtool
     result = dh.run([amtool, "config", "routes", "test",
                      f"--config.file={dh.ALERTMANAGER_CONFIG}", *labels])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -270,8 +272,8 @@ def test_example_receivers_are_loopback() -> None:
 
 @pytest.mark.parametrize("config", [dh.PROMETHEUS_CONFIG, dh.PROMETHEUS_SHARDED_CONFIG],
                          ids=lambda p: p.name)
-def test_promtool_check_config(config: Path) -> None:
-    promtool = dh.binary("promtool")
+def test_promtool_check_config(prom: dh.PromRelease, config: Path) -> None:
+    promtool = prom.promtool
     result = dh.run([promtool, "check", "config", str(config)])
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -350,3 +352,24 @@ def test_missing_binary_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.Monk
     with pytest.raises(pytest.skip.Exception, match="not installed"):
         dh.binary(missing)
     assert dh.binary("sh").endswith("/sh")
+
+
+def test_missing_or_wrong_prometheus3_fails_in_ci(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    """The `prom` fixture's prometheus3 half: a missing 3.x fails with CI=true and skips
+    elsewhere; a 2.x binary offered as 3.x is refused."""
+    monkeypatch.setenv("PROMETHEUS3_BIN", str(tmp_path / "no-such-prometheus"))
+    found = dh._find_release(3)
+    assert isinstance(found, str) and "prometheus" in found, found
+    monkeypatch.setitem(dh._RELEASES, 3, found)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        dh.prom_release(3)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="Prometheus 3.x"):
+        dh.prom_release(3)
+    two = dh.prom_release(2)  # Debian's 2.x (skips outside CI when missing)
+    for tool in ("prometheus", "promtool", "alertmanager", "amtool"):
+        monkeypatch.setenv(f"{tool.upper()}3_BIN", getattr(two, tool))
+    refused = dh._find_release(3)
+    assert isinstance(refused, str) and "is version 2." in refused, refused

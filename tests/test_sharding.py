@@ -116,10 +116,9 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    work = tmp_path_factory.mktemp("sharding")
-    prometheus_exe = dh.binary("prometheus")  # skip outside CI, fail in CI
-    assert prometheus_exe
+def setup(prom: dh.PromRelease, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    """Once per Prometheus release (`prom` skips outside CI, fails in CI when missing)."""
+    work = tmp_path_factory.mktemp(f"sharding-prometheus{prom.major}")
     sim = Simulator("127.0.0.1", 0, latency=0.02)
     portals = [f"shard-{i:02d}" for i in range(PORTALS)]
     for name in portals:
@@ -142,7 +141,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                 child.wait_http(f"http://127.0.0.1:{port}/-/ready", timeout=WAIT)
                 replicas.append(f"127.0.0.1:{port}")
             prom_config = sharded_config(work / "prometheus.yml", portals, replicas)
-            prometheus = dh.start_prometheus(started, work, prom_config)
+            prometheus = dh.start_prometheus(started, work, prom_config, release=prom)
             yield Setup(sim, portals, replicas, prometheus)
     finally:
         sim.stop()
