@@ -470,9 +470,9 @@ class DocSpaceClient:
         sleep: Callable[[float], None] = time.sleep,
         host_limit: threading.BoundedSemaphore | None = None,
         # The most calls one scrape makes at once: the three backup endpoints, history, and
-        # settings and tariff on their hourly read. A smaller pool would open and discard a
-        # connection (a TLS handshake) per extra call on that scrape.
-        pool_size: int = 6,
+        # the job that reads settings then tariff every hour. A smaller pool would open and
+        # discard a connection (a TLS handshake) per extra call on that scrape.
+        pool_size: int = 5,
     ) -> None:
         self.portal = portal
         self._clock = clock or wall_clock
@@ -766,7 +766,8 @@ class DocSpaceClient:
         would only take CPU from it."""
         if not self._fast_get or self._called:
             return 0
-        want = min(4 if self.portal.history else 3, self._pool_size)
+        # The backup calls, history, and the one job that reads settings then tariff.
+        want = min((4 if self.portal.history else 3) + 1, self._pool_size)
         conns: list[Any] = []
         opened = 0
         try:

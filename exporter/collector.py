@@ -200,10 +200,13 @@ class Scraper:
         ]
         if portal.history:
             calls.append(("history", client.history))
-        calls += [(endpoint, fn) for endpoint, fn in
-                  (("settings", client.settings), ("tariff", client.tariff))
-                  if self._side_due(portal, endpoint)]
-        fetch.remaining = len(calls)
+        # Settings and tariff (hourly) run one after the other in one job beside the backup
+        # calls: a portal then needs one connection more than the backup calls, not two, so
+        # the hourly read neither opens (TLS handshake) nor parks an extra connection.
+        side = [(endpoint, fn) for endpoint, fn in
+                (("settings", client.settings), ("tariff", client.tariff))
+                if self._side_due(portal, endpoint)]
+        fetch.remaining = len(calls) + len(side)
         for endpoint, fn in calls:
             try:
                 fut = self._pool.submit(fn, deadline)
@@ -212,6 +215,25 @@ class Scraper:
                 fut.set_exception(FetchError("connection", "exporter is shutting down"))
             fetch.futures[endpoint] = fut
             fut.add_done_callback(functools.partial(self._call_done, fetch, endpoint))
+        if side:
+            futures: list[Future[Any]] = []
+            for endpoint, _ in side:
+                fut = fetch.futures[endpoint] = Future()
+                fut.add_done_callback(functools.partial(self._call_done, fetch, endpoint))
+                futures.append(fut)
+
+            def in_turn() -> None:
+                for (_, fn), fut in zip(side, futures, strict=True):
+                    try:
+                        fut.set_result(fn(deadline))
+                    except BaseException as exc:  # noqa: BLE001 - handed to _record
+                        fut.set_exception(exc)
+
+            try:
+                self._pool.submit(in_turn)
+            except RuntimeError:  # pool shut down during exit
+                for fut in futures:
+                    fut.set_exception(FetchError("connection", "exporter is shutting down"))
         return fetch
 
     def _side_entries(self, portal: PortalConfig) -> dict[str, _Side]:

@@ -126,7 +126,8 @@ def test_insecure_skip_verify_still_connects_to_anything(certs: CertSet) -> None
 def test_one_context_per_setting_and_the_ca_loaded_once(
         certs: CertSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every pool with the same setting shares one SSLContext, and a scrape of 6 portals
-    (18 new connections) loads the CA file once: urllib3 alone loads it per connection."""
+    (24 new connections: 3 backup calls plus the job that reads settings then tariff, all
+    at once) loads the CA file once: urllib3 alone loads it per connection."""
     ca = tmp_path / "ca-copy.pem"  # a path no other test used: no cached context
     ca.write_bytes(certs.ca.read_bytes())
     loads: list[Any] = []
@@ -137,7 +138,7 @@ def test_one_context_per_setting_and_the_ca_loaded_once(
         real(self, *args, **kw)
 
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)
-    # 0.3 s per answer: the 18 calls overlap, so each needs a connection of its own.
+    # 0.3 s per answer: the 24 calls overlap, so each needs a connection of its own.
     with _tls_sim(certs.good, port_per_portal=True, latency=0.3) as sim:
         sps = [sim.add_portal(f"p{i}") for i in range(6)]
         portals = [portal_config(sim, sp, ca_file=str(ca)) for sp in sps]
@@ -146,8 +147,8 @@ def test_one_context_per_setting_and_the_ca_loaded_once(
             data = scraper.scrape(portals, 5.0)
         finally:
             scraper.close()
-        assert all(not d.failed and len(d.ok) == 3 for d in data), [d.failed for d in data]
-        assert sim.connections_opened == 18
+        assert all(not d.failed and len(d.ok) == 5 for d in data), [d.failed for d in data]
+        assert sim.connections_opened == 24
         assert len(loads) == 1, loads
 
     one = tls_context(portals[0])
@@ -176,7 +177,7 @@ def test_unloadable_ca_file_still_fails_as_tls(certs: CertSet, tmp_path: Path) -
 
 
 def test_hanging_portals_on_one_port_do_not_starve_another_port() -> None:
-    """Four hanging portals (12 calls) on one port used to hold every one of the host's 8
+    """Four hanging portals (16 calls at once) on one port used to hold every one of the host's 8
     slots until the deadline; the rate-limited portal on another port of the same host
     then waited for a slot and was reported as `timeout` instead of `rate_limited`."""
     with Simulator("127.0.0.1", 0) as hung, Simulator("127.0.0.1", 0) as other:
@@ -192,7 +193,7 @@ def test_hanging_portals_on_one_port_do_not_starve_another_port() -> None:
         finally:
             scraper.close()
         assert set(data["limited"].failed.values()) == {"rate_limited"}, data["limited"]
-        assert not data["healthy"].failed and len(data["healthy"].ok) == 3
+        assert not data["healthy"].failed and len(data["healthy"].ok) == 5
         assert all(set(data[sp.name].failed.values()) == {"timeout"} for sp in bad)
         # The hanging origin itself was still held to the limit.
         assert hung.max_concurrency_on_port(hung.port) == DEFAULT_MAX_PER_HOST
@@ -206,22 +207,24 @@ def test_limit_counts_requests_per_origin() -> None:
         shared = [portal_config(one, one.add_portal(f"s{i}")) for i in range(4)]
         own = [portal_config(many, many.add_portal(f"o{i}"), timeout=2.5)
                for i in range(4)]
-        scraper = Scraper(max_workers=64, max_requests_per_host=3)
+        scraper = Scraper(max_workers=64, max_requests_per_host=4)
         try:
-            # 12 calls of 1 s each within 2.5 s: only if the four origins do not share
-            # one host's 3 slots (that would take four rounds: 4 s, and time out).
+            # Each portal makes 4 calls at once (3 backup calls and the job that reads
+            # settings, then tariff): 16 calls of 1 s each, the last ending at 2 s, within
+            # 2.5 s only if the four origins do not share one host's 4 slots (that would
+            # take five rounds: 5 s, and time out).
             data = scraper.scrape(own, 2.5)
             assert all(not d.failed for d in data), [d.failed for d in data]
             data = scraper.scrape(shared, 5.0)
             assert all(not d.failed for d in data)
         finally:
             scraper.close()
-        # 12 calls on one origin, 3 at a time.
-        assert one.max_concurrency_on_port(one.port) == 3
-        # 12 calls on four origins of one host: all three of each portal at once.
+        # 20 calls on one origin, 4 at a time.
+        assert one.max_concurrency_on_port(one.port) == 4
+        # Four origins of one host: the four concurrent calls of each portal at once.
         ports = {many.portal_port(sp.name) for sp in many.portals}
         assert len(ports) == 4 and many.port not in ports
-        assert all(many.max_concurrency_on_port(p) == 3 for p in ports)
+        assert all(many.max_concurrency_on_port(p) == 4 for p in ports)
 
 
 # --- connections opened ahead: at start-up and after a reload ----------------------------------
@@ -250,20 +253,21 @@ def test_connections_opened_at_start_and_after_reload(
     _write_config(tls_sim, cfg, certs.ca)
     ex = start_cli(cfg, tmp_path / "exporter.log")
     cli_processes.append(ex)
-    assert wait_for(lambda: tls_sim.connections_opened >= 15, 20), tls_sim.connections_opened
+    # 4 per portal: the 3 backup calls and the job that reads settings, then tariff.
+    assert wait_for(lambda: tls_sim.connections_opened >= 20, 20), tls_sim.connections_opened
     assert tls_sim.request_count() == 0  # a connection, not a request
     answer = ex.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "5"})
     assert answer.status == 200
     assert answer.text.count("docspace_up{") == 5
     assert 'docspace_up{portal="p0"} 1.0' in answer.text
-    assert tls_sim.connections_opened == 15  # the first scrape reused them all
+    assert tls_sim.connections_opened == 20  # the first scrape reused them all
 
     tls_sim.add_portal("new")
     _write_config(tls_sim, cfg, certs.ca)
     ex.signal(signal.SIGHUP)
-    assert wait_for(lambda: tls_sim.connections_opened >= 18, 20), (
+    assert wait_for(lambda: tls_sim.connections_opened >= 24, 20), (
         tls_sim.connections_opened, ex.log())
-    assert tls_sim.request_count() == 5 * 3
+    assert tls_sim.request_count() == 5 * 5
 
 
 def test_warm_opens_no_more_than_the_pool_keeps(tls_sim: Simulator, certs: CertSet) -> None:
@@ -272,12 +276,12 @@ def test_warm_opens_no_more_than_the_pool_keeps(tls_sim: Simulator, certs: CertS
     scraper = Scraper(max_workers=16)
     try:
         scraper.warm(portals).wait(10)
-        assert tls_sim.connections_opened == 9
+        assert tls_sim.connections_opened == 12
         scraper.warm(portals).wait(10)  # already open: nothing new
-        assert tls_sim.connections_opened == 9
+        assert tls_sim.connections_opened == 12
         data = scraper.scrape(portals, 5.0)
         assert all(not d.failed for d in data)
-        assert tls_sim.connections_opened == 9
+        assert tls_sim.connections_opened == 12
     finally:
         scraper.close()
 
@@ -294,9 +298,10 @@ def test_warm_leaves_portals_a_scrape_is_calling_alone(tls_sim: Simulator,
         result: list[Any] = []
         thread = threading.Thread(target=lambda: result.append(scraper.scrape([portal], 5.0)))
         thread.start()
-        assert wait_for(lambda: tls_sim.request_count() == 3, 5)
+        # 3 backup calls and settings (tariff follows it on the same job).
+        assert wait_for(lambda: tls_sim.request_count() == 4, 5)
         assert scraper.warm([portal]).wait(5)
-        assert tls_sim.connections_opened == 3
+        assert tls_sim.connections_opened == 4
         thread.join(10)
         assert not result[0][0].failed
     finally:
