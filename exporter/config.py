@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,27 +27,6 @@ DEFAULT_MAX_PER_HOST = 8
 # Each answer is a few hundred bytes; a megabyte is far beyond any real schedule or
 # history and keeps a hostile or broken portal from filling the exporter's memory.
 DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
-
-PORTAL_KEYS = {
-    "name",
-    "url",
-    "timeout",
-    "dump",
-    "history",
-    "ca_file",
-    "insecure_skip_verify",
-    "api_key",
-    "api_key_file",
-    "token",
-    "token_file",
-    "username",
-    "password",
-    "password_file",
-    "max_response_bytes",
-    "timezone",
-}
-DEFAULTABLE_KEYS = PORTAL_KEYS - {"name", "url"}
-TOP_KEYS = {"defaults", "portals", "max_concurrency", "max_requests_per_host"}
 
 
 class Secret:
@@ -175,8 +154,10 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-class _Loader:
-    """Collects problems while walking the document, so all are reported at once."""
+class Problems:
+    """The problems found while walking a config document, each with its YAML path, so all
+    of them are reported at once. Its converters report into it and return None (or a
+    harmless stand-in) when a value is wrong; any problem fails the whole config."""
 
     def __init__(self, base_dir: Path, environ: Mapping[str, str]) -> None:
         self.base_dir = base_dir
@@ -229,7 +210,10 @@ class _Loader:
             return None
         return value
 
-    def string(self, path: str, value: Any, *, secret: bool = False) -> str | None:
+    # -- converters: (path, value) -> the checked value; no message ever echoes a value
+    # that could be a secret.
+
+    def string(self, path: str, value: Any) -> str | None:
         if not isinstance(value, str):
             self.problem(path, "must be a string")
             return None
@@ -246,142 +230,174 @@ class _Loader:
         self.problem(path, "must be true or false")
         return False
 
-    def positive_int(self, path: str, value: Any, default: int) -> int:
+    def positive_int(self, path: str, value: Any) -> int | None:
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             self.problem(path, "must be a whole number of at least 1")
-            return default
+            return None
         return value
 
-
-def _check_url(loader: _Loader, path: str, url: str) -> str | None:
-    try:
-        parts = urlsplit(url)
-        if "@" in parts.netloc:
-            # Credentials in a URL would end up in logs and labels; they belong in api_key & co.
-            loader.problem(path, "must not contain user:password@; use the auth keys")
+    def duration(self, path: str, value: Any) -> float | None:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.problem(path, str(exc))
             return None
-        parts.port  # noqa: B018  (raises ValueError on a bad port)
-    except ValueError:
-        loader.problem(path, "is not a valid URL")
-        return None
-    if parts.scheme not in ("http", "https"):
-        loader.problem(path, "must start with http:// or https://")
-        return None
-    if not parts.hostname:
-        loader.problem(path, "has no host")
-        return None
-    if parts.query or parts.fragment:
-        loader.problem(path, "must not have a query or fragment")
-        return None
-    return url.rstrip("/")
+
+    def name(self, path: str, value: Any) -> str | None:
+        name = self.string(path, value)
+        if name is not None and not NAME_RE.match(name):
+            self.problem(path, f"{name!r} may only contain letters, digits, _ . -")
+            return None
+        return name
+
+    def url(self, path: str, value: Any) -> str | None:
+        url = self.string(path, value)
+        if url is None:
+            return None
+        try:
+            parts = urlsplit(url)
+            if "@" in parts.netloc:
+                # Credentials in a URL would end up in logs and labels; they belong in
+                # api_key & co.
+                self.problem(path, "must not contain user:password@; use the auth keys")
+                return None
+            parts.port  # noqa: B018  (raises ValueError on a bad port)
+        except ValueError:
+            self.problem(path, "is not a valid URL")
+            return None
+        if parts.scheme not in ("http", "https"):
+            self.problem(path, "must start with http:// or https://")
+            return None
+        if not parts.hostname:
+            self.problem(path, "has no host")
+            return None
+        if parts.query or parts.fragment:
+            self.problem(path, "must not have a query or fragment")
+            return None
+        return url.rstrip("/")
+
+    def ca_file(self, path: str, value: Any) -> str | None:
+        ca_file = self.string(path, value)
+        if ca_file is None:
+            return None
+        ca_path = Path(ca_file)
+        if not ca_path.is_absolute():
+            ca_path = self.base_dir / ca_path
+        try:
+            with open(ca_path, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            # Why, as for the *_file secrets: no such file, a directory, permission.
+            self.problem(path, f"cannot read {ca_file}: {exc.strerror or exc}")
+        return str(ca_path)
+
+    def timezone(self, path: str, value: Any) -> str | None:
+        name = self.string(path, value)
+        if name is not None and zone(name) is None:
+            self.problem(path, f"{name!r} is not an IANA time zone (like Europe/Berlin) "
+                         "known to this system's tz database")
+            return None
+        return name
 
 
-def _portal(loader: _Loader, path: str, raw: Any, defaults: dict[str, Any]) -> PortalConfig | None:
+REQUIRED = object()  # a Field default: the key must be set
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config key: how its value is checked and what it is when absent.
+
+    `convert` None: an auth key, read by _auth together with the other keys of its method
+    (only the method in use is read). `secret`: a credential; `KEY_file` may be set
+    instead, naming a file that holds it, and its value is never echoed."""
+
+    key: str
+    convert: Callable[[Problems, str, Any], Any] | None
+    default: Any = None
+    secret: bool = False
+
+
+# Checked in this order (the order of the problems), every key but name and url also
+# allowed under `defaults`.
+PORTAL_FIELDS = (
+    Field("name", Problems.name, REQUIRED),
+    Field("url", Problems.url, REQUIRED),
+    Field("timeout", Problems.duration, DEFAULT_TIMEOUT),
+    Field("dump", Problems.boolean, False),
+    Field("history", Problems.boolean, False),
+    Field("insecure_skip_verify", Problems.boolean, False),
+    Field("max_response_bytes", Problems.positive_int, DEFAULT_MAX_RESPONSE_BYTES),
+    Field("ca_file", Problems.ca_file, None),
+    Field("timezone", Problems.timezone, None),
+    Field("api_key", None, secret=True),
+    Field("token", None, secret=True),
+    Field("username", None),
+    Field("password", None, secret=True),
+)
+TOP_FIELDS = (
+    Field("max_concurrency", Problems.positive_int, DEFAULT_MAX_CONCURRENCY),
+    Field("max_requests_per_host", Problems.positive_int, DEFAULT_MAX_PER_HOST),
+)
+SECRET_KEYS = tuple(f.key for f in PORTAL_FIELDS if f.secret)
+PORTAL_KEYS = ({f.key for f in PORTAL_FIELDS} | {k + "_file" for k in SECRET_KEYS})
+DEFAULTABLE_KEYS = PORTAL_KEYS - {f.key for f in PORTAL_FIELDS if f.default is REQUIRED}
+TOP_KEYS = {"defaults", "portals"} | {f.key for f in TOP_FIELDS}
+
+
+def _walk(problems: Problems, fields: tuple[Field, ...], vals: Mapping[str, Any],
+          paths: Mapping[str, str], where: str) -> dict[str, Any]:
+    """The one loop over a field table: each key's checked value, or its default."""
+    out: dict[str, Any] = {}
+    for f in fields:
+        if f.convert is None:
+            continue
+        if f.key in vals:
+            out[f.key] = f.convert(problems, paths[f.key], vals[f.key])
+        elif f.default is REQUIRED:
+            problems.problem(f"{where}.{f.key}", "is required")
+            out[f.key] = None
+        else:
+            out[f.key] = f.default
+    return out
+
+
+def _portal(problems: Problems, path: str, raw: Any,
+            defaults: dict[str, Any]) -> PortalConfig | None:
     if not isinstance(raw, dict):
-        loader.problem(path, "must be a mapping with at least name and url")
+        problems.problem(path, "must be a mapping with at least name and url")
         return None
     for key in sorted(set(raw) - PORTAL_KEYS, key=str):
-        loader.problem(f"{path}.{key}", "unknown key")
+        problems.problem(f"{path}.{key}", "unknown key")
     merged: dict[str, Any] = {}
     for key, value in defaults.items():
         merged[key] = (f"defaults.{key}", value)
     for key, value in raw.items():
         if key in PORTAL_KEYS:
             merged[key] = (f"{path}.{key}", value)
-    vals = {k: loader.expand(p, v) for k, (p, v) in merged.items()}
+    vals = {k: problems.expand(p, v) for k, (p, v) in merged.items()}
     paths = {k: p for k, (p, _) in merged.items()}
-    before = len(loader.problems)
-
-    name = None
-    if "name" not in vals:
-        loader.problem(f"{path}.name", "is required")
-    else:
-        name = loader.string(paths["name"], vals["name"])
-        if name is not None and not NAME_RE.match(name):
-            loader.problem(paths["name"], f"{name!r} may only contain letters, digits, _ . -")
-            name = None
-
-    url = None
-    if "url" not in vals:
-        loader.problem(f"{path}.url", "is required")
-    else:
-        raw_url = loader.string(paths["url"], vals["url"])
-        if raw_url is not None:
-            url = _check_url(loader, paths["url"], raw_url)
-
-    timeout = DEFAULT_TIMEOUT
-    if "timeout" in vals:
-        try:
-            timeout = parse_duration(vals["timeout"])
-        except ValueError as exc:
-            loader.problem(paths["timeout"], str(exc))
-
-    dump = loader.boolean(paths["dump"], vals["dump"]) if "dump" in vals else False
-    history = loader.boolean(paths["history"], vals["history"]) if "history" in vals else False
-    insecure = (
-        loader.boolean(paths["insecure_skip_verify"], vals["insecure_skip_verify"])
-        if "insecure_skip_verify" in vals
-        else False
-    )
-    max_bytes = (
-        loader.positive_int(
-            paths["max_response_bytes"], vals["max_response_bytes"], DEFAULT_MAX_RESPONSE_BYTES
-        )
-        if "max_response_bytes" in vals
-        else DEFAULT_MAX_RESPONSE_BYTES
-    )
-    ca_file = None
-    if "ca_file" in vals:
-        ca_file = loader.string(paths["ca_file"], vals["ca_file"])
-        if ca_file is not None:
-            ca_path = Path(ca_file)
-            if not ca_path.is_absolute():
-                ca_path = loader.base_dir / ca_path
-            try:
-                with open(ca_path, "rb") as fh:
-                    fh.read(1)
-            except OSError as exc:
-                # Why, as for the *_file secrets: no such file, a directory, permission.
-                loader.problem(paths["ca_file"], f"cannot read {ca_file}: {exc.strerror or exc}")
-            ca_file = str(ca_path)
-
-    timezone = None
-    if "timezone" in vals:
-        timezone = loader.string(paths["timezone"], vals["timezone"])
-        if timezone is not None and zone(timezone) is None:
-            loader.problem(paths["timezone"], f"{timezone!r} is not an IANA time zone "
-                           "(like Europe/Berlin) known to this system's tz database")
-            timezone = None
-
-    auth = _auth(loader, path, vals, paths)
-    if len(loader.problems) != before or name is None or url is None or auth is None:
+    before = len(problems.problems)
+    fields = _walk(problems, PORTAL_FIELDS, vals, paths, path)
+    auth = _auth(problems, path, vals, paths)
+    if (len(problems.problems) != before or fields["name"] is None or fields["url"] is None
+            or auth is None):
         return None
-    return PortalConfig(
-        name=name,
-        url=url,
-        auth=auth,
-        timeout=timeout,
-        dump=dump,
-        history=history,
-        ca_file=ca_file,
-        insecure_skip_verify=insecure,
-        max_response_bytes=max_bytes,
-        timezone=timezone,
-    )
+    return PortalConfig(auth=auth, **fields)
 
 
 def _secret_value(
-    loader: _Loader, vals: dict[str, Any], paths: dict[str, str], key: str
+    problems: Problems, vals: dict[str, Any], paths: dict[str, str], key: str
 ) -> str | None:
     """Value of `key` or of `key_file`; the caller has checked exactly one is set."""
     if key in vals:
-        return loader.string(paths[key], vals[key], secret=True)
-    return loader.read_secret_file(paths[key + "_file"], vals[key + "_file"])
+        return problems.string(paths[key], vals[key])
+    return problems.read_secret_file(paths[key + "_file"], vals[key + "_file"])
 
 
-def _auth(loader: _Loader, path: str, vals: dict[str, Any], paths: dict[str, str]) -> Auth | None:
+def _auth(problems: Problems, path: str, vals: dict[str, Any],
+          paths: dict[str, str]) -> Auth | None:
     methods = []
     if "api_key" in vals or "api_key_file" in vals:
         methods.append("api_key")
@@ -389,47 +405,47 @@ def _auth(loader: _Loader, path: str, vals: dict[str, Any], paths: dict[str, str
         methods.append("token")
     if "username" in vals or "password" in vals or "password_file" in vals:
         methods.append("username/password")
-    for k in ("api_key", "token", "password"):
+    for k in SECRET_KEYS:
         if k in vals and k + "_file" in vals:
-            loader.problem(f"{path}.{k}", f"set either {k} or {k}_file, not both")
+            problems.problem(f"{path}.{k}", f"set either {k} or {k}_file, not both")
             return None
     if not methods:
-        loader.problem(
+        problems.problem(
             path,
             "needs one auth method: api_key(_file), token(_file) or username with password(_file)",
         )
         return None
     if len(methods) > 1:
-        loader.problem(
+        problems.problem(
             path, "has more than one auth method (" + ", ".join(methods) + "); keep exactly one"
         )
         return None
     method = methods[0]
     if method == "api_key":
-        key = _secret_value(loader, vals, paths, "api_key")
+        key = _secret_value(problems, vals, paths, "api_key")
         if key is None:
             return None
         if not key.startswith("sk-"):
             # DocSpace routes a Bearer value to its API-key handler only when it starts
             # with sk-; anything else would fail with 401 at every scrape.
             where = paths.get("api_key") or paths["api_key_file"]
-            loader.problem(
+            problems.problem(
                 where,
                 "a DocSpace API key starts with sk-; for a login token use token or token_file",
             )
             return None
         return ApiKeyAuth(Secret(key))
     if method == "token":
-        token = _secret_value(loader, vals, paths, "token")
+        token = _secret_value(problems, vals, paths, "token")
         return TokenAuth(Secret(token)) if token is not None else None
     if "username" not in vals:
-        loader.problem(f"{path}.username", "is required with password")
+        problems.problem(f"{path}.username", "is required with password")
         return None
     if "password" not in vals and "password_file" not in vals:
-        loader.problem(f"{path}.password", "is required with username (or password_file)")
+        problems.problem(f"{path}.password", "is required with username (or password_file)")
         return None
-    username = loader.string(paths["username"], vals["username"])
-    password = _secret_value(loader, vals, paths, "password")
+    username = problems.string(paths["username"], vals["username"])
+    password = _secret_value(problems, vals, paths, "password")
     if username is None or password is None:
         return None
     return PasswordAuth(username, Secret(password))
@@ -443,53 +459,44 @@ def parse_config(
     source: str = "<memory>",
 ) -> Config:
     """Validate an already-decoded YAML document. Raises ConfigError listing every problem."""
-    loader = _Loader(Path(base_dir), os.environ if environ is None else environ)
+    problems = Problems(Path(base_dir), os.environ if environ is None else environ)
     if data is None:
         raise ConfigError(["(root): the config is empty; it needs a portals list"])
     if not isinstance(data, dict):
         raise ConfigError(["(root): must be a mapping with a portals list"])
     for key in sorted(set(data) - TOP_KEYS, key=str):
-        loader.problem(str(key), "unknown key")
+        problems.problem(str(key), "unknown key")
 
     defaults: dict[str, Any] = {}
     raw_defaults = data.get("defaults")
     if raw_defaults is not None:
         if not isinstance(raw_defaults, dict):
-            loader.problem("defaults", "must be a mapping")
+            problems.problem("defaults", "must be a mapping")
         else:
             for key in sorted(set(raw_defaults) - DEFAULTABLE_KEYS, key=str):
                 hint = " (set it per portal)" if key in ("name", "url") else ""
-                loader.problem(f"defaults.{key}", "unknown key" + hint)
+                problems.problem(f"defaults.{key}", "unknown key" + hint)
             defaults = {k: v for k, v in raw_defaults.items() if k in DEFAULTABLE_KEYS}
 
-    max_concurrency = DEFAULT_MAX_CONCURRENCY
-    if "max_concurrency" in data:
-        max_concurrency = loader.positive_int(
-            "max_concurrency", data["max_concurrency"], DEFAULT_MAX_CONCURRENCY
-        )
-    max_per_host = DEFAULT_MAX_PER_HOST
-    if "max_requests_per_host" in data:
-        max_per_host = loader.positive_int(
-            "max_requests_per_host", data["max_requests_per_host"], DEFAULT_MAX_PER_HOST
-        )
+    top = _walk(problems, TOP_FIELDS, data, {k: k for k in data if isinstance(k, str)}, "")
 
     portals: list[PortalConfig] = []
     raw_portals = data.get("portals")
     if raw_portals is None:
-        loader.problem("portals", "is required: a list of portals")
+        problems.problem("portals", "is required: a list of portals")
     elif not isinstance(raw_portals, list):
-        loader.problem("portals", "must be a list")
+        problems.problem("portals", "must be a list")
     elif not raw_portals:
-        loader.problem("portals", "is empty; configure at least one portal")
+        problems.problem("portals", "is empty; configure at least one portal")
     else:
         seen: dict[str, int] = {}
         for i, raw in enumerate(raw_portals):
             path = f"portals[{i}]"
-            portal = _portal(loader, path, raw, defaults)
+            portal = _portal(problems, path, raw, defaults)
             name = raw.get("name") if isinstance(raw, dict) else None
             if isinstance(name, str):
                 if name in seen:
-                    loader.problem(
+                    problems.problem(
                         f"{path}.name", f"duplicate name {name!r} (also portals[{seen[name]}])"
                     )
                     portal = None
@@ -498,14 +505,9 @@ def parse_config(
             if portal is not None:
                 portals.append(portal)
 
-    if loader.problems:
-        raise ConfigError(loader.problems)
-    return Config(
-        portals=tuple(portals),
-        max_concurrency=max_concurrency,
-        max_requests_per_host=max_per_host,
-        source=source,
-    )
+    if problems.problems:
+        raise ConfigError(problems.problems)
+    return Config(portals=tuple(portals), source=source, **top)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
