@@ -1,305 +1,37 @@
-"""The YAML config: parsed once into frozen dataclasses, every problem reported with its path."""
+"""The YAML config: read, checked against one field table per level, every problem
+reported at once with its YAML path; the result is configmodel.py's frozen dataclasses."""
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
-from exporter.schedule import zone
+from exporter.configcheck import Problems, parse_duration
+from exporter.configmodel import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_PER_HOST,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_TIMEOUT,
+    ApiKeyAuth,
+    Auth,
+    Config,
+    ConfigError,
+    PasswordAuth,
+    PortalConfig,
+    Secret,
+    TokenAuth,
+)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-
-DEFAULT_TIMEOUT = 10.0
-# Calls in flight at once, all portals together (one worker thread each). ~300 keeps one
-# CPU busy at 200 ms per call and lets 100 portals' 300 calls go out in one wave; more
-# threads only add GIL contention and ~40 kB of RSS each (benchmarks/README.md).
-DEFAULT_MAX_CONCURRENCY = 320
-DEFAULT_MAX_PER_HOST = 8
-# Each answer is a few hundred bytes; a megabyte is far beyond any real schedule or
-# history and keeps a hostile or broken portal from filling the exporter's memory.
-DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
-
-
-class Secret:
-    """A credential: usable by the client, invisible to repr(), str() and logs."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('<redacted>')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-@dataclass(frozen=True)
-class ApiKeyAuth:
-    """DocSpace API key, sent as `Authorization: Bearer sk-...`."""
-
-    key: Secret
-
-    def secrets(self) -> tuple[str, ...]:
-        return (self.key.reveal(),)
-
-
-@dataclass(frozen=True)
-class TokenAuth:
-    """Personal access token from POST /api/2.0/authentication, sent as `Authorization: <token>`."""
-
-    token: Secret
-
-    def secrets(self) -> tuple[str, ...]:
-        return (self.token.reveal(),)
-
-
-@dataclass(frozen=True)
-class PasswordAuth:
-    """User name and password: the exporter logs in and caches the token."""
-
-    username: str
-    password: Secret
-
-    def secrets(self) -> tuple[str, ...]:
-        return (self.password.reveal(),)
-
-
-Auth = ApiKeyAuth | TokenAuth | PasswordAuth
-
-
-@dataclass(frozen=True)
-class PortalConfig:
-    name: str
-    url: str
-    auth: Auth = field(repr=False)
-    timeout: float = DEFAULT_TIMEOUT
-    dump: bool = False
-    history: bool = False
-    ca_file: str | None = None
-    insecure_skip_verify: bool = False
-    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
-    # IANA zone that overrides the one the portal reports (GET /api/2.0/settings).
-    timezone: str | None = None
-
-    @property
-    def auth_method(self) -> str:
-        return {ApiKeyAuth: "api_key", TokenAuth: "token", PasswordAuth: "password"}[
-            type(self.auth)
-        ]
-
-
-@dataclass(frozen=True)
-class Config:
-    portals: tuple[PortalConfig, ...]
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
-    max_requests_per_host: int = DEFAULT_MAX_PER_HOST
-    source: str = "<memory>"
-
-    def portal(self, name: str) -> PortalConfig | None:
-        for p in self.portals:
-            if p.name == name:
-                return p
-        return None
-
-    def secrets(self) -> tuple[str, ...]:
-        out: list[str] = []
-        for p in self.portals:
-            out.extend(p.auth.secrets())
-        return tuple(s for s in out if s)
-
-
-class ConfigError(Exception):
-    """Every problem found in a config, each prefixed with its YAML path."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-def parse_duration(value: Any) -> float:
-    """`10`, `2.5`, `500ms`, `10s`, `1m`, `1h` -> seconds. Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError("must be a duration like 10s, 500ms or 1m")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
-        m = DURATION_RE.match(value)
-        if not m:
-            raise ValueError(f"must be a duration like 10s, 500ms or 1m, not {value!r}")
-        number = float(m.group(1))
-        seconds = number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[m.group(2)]
-    else:
-        raise ValueError("must be a duration like 10s, 500ms or 1m")
-    if not seconds > 0:
-        raise ValueError("must be greater than 0")
-    return seconds
-
-
-class Problems:
-    """The problems found while walking a config document, each with its YAML path, so all
-    of them are reported at once. Its converters report into it and return None (or a
-    harmless stand-in) when a value is wrong; any problem fails the whole config."""
-
-    def __init__(self, base_dir: Path, environ: Mapping[str, str]) -> None:
-        self.base_dir = base_dir
-        self.environ = environ
-        self.problems: list[str] = []
-        # Paths whose ${VAR} is unset: that is their one problem, not also "must not be
-        # empty" or "has no host" about what is left.
-        self._unresolved: set[str] = set()
-
-    def problem(self, path: str, msg: str) -> None:
-        entry = f"{path}: {msg}"
-        # A `defaults` value is checked once per portal: report it once.
-        if path not in self._unresolved and entry not in self.problems:
-            self.problems.append(entry)
-
-    def expand(self, path: str, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-
-        def sub(m: re.Match[str]) -> str:
-            var = m.group(1)
-            if var not in self.environ:
-                self.problem(path, f"environment variable {var} is not set")
-                self._unresolved.add(path)
-                return ""
-            return self.environ[var]
-
-        return ENV_RE.sub(sub, value)
-
-    def read_secret_file(self, path: str, filename: Any) -> str | None:
-        if not isinstance(filename, str) or not filename:
-            self.problem(path, "must be a file path")
-            return None
-        p = Path(filename)
-        if not p.is_absolute():
-            p = self.base_dir / p
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as exc:
-            # The OS message names the file and why (no such file, permission) but
-            # never its contents.
-            self.problem(path, f"cannot read {filename}: {exc.strerror or exc}")
-            return None
-        except UnicodeDecodeError:
-            self.problem(path, f"{filename} is not UTF-8 text")
-            return None
-        value = text.rstrip("\r\n")
-        if not value.strip():
-            self.problem(path, f"{filename} is empty")
-            return None
-        return value
-
-    # -- converters: (path, value) -> the checked value; no message ever echoes a value
-    # that could be a secret.
-
-    def string(self, path: str, value: Any) -> str | None:
-        if not isinstance(value, str):
-            self.problem(path, "must be a string")
-            return None
-        if not value:
-            self.problem(path, "must not be empty")
-            return None
-        return value
-
-    def boolean(self, path: str, value: Any) -> bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        self.problem(path, "must be true or false")
-        return False
-
-    def positive_int(self, path: str, value: Any) -> int | None:
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            self.problem(path, "must be a whole number of at least 1")
-            return None
-        return value
-
-    def duration(self, path: str, value: Any) -> float | None:
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            self.problem(path, str(exc))
-            return None
-
-    def name(self, path: str, value: Any) -> str | None:
-        name = self.string(path, value)
-        if name is not None and not NAME_RE.match(name):
-            self.problem(path, f"{name!r} may only contain letters, digits, _ . -")
-            return None
-        return name
-
-    def url(self, path: str, value: Any) -> str | None:
-        url = self.string(path, value)
-        if url is None:
-            return None
-        try:
-            parts = urlsplit(url)
-            if "@" in parts.netloc:
-                # Credentials in a URL would end up in logs and labels; they belong in
-                # api_key & co.
-                self.problem(path, "must not contain user:password@; use the auth keys")
-                return None
-            parts.port  # noqa: B018  (raises ValueError on a bad port)
-        except ValueError:
-            self.problem(path, "is not a valid URL")
-            return None
-        if parts.scheme not in ("http", "https"):
-            self.problem(path, "must start with http:// or https://")
-            return None
-        if not parts.hostname:
-            self.problem(path, "has no host")
-            return None
-        if parts.query or parts.fragment:
-            self.problem(path, "must not have a query or fragment")
-            return None
-        return url.rstrip("/")
-
-    def ca_file(self, path: str, value: Any) -> str | None:
-        ca_file = self.string(path, value)
-        if ca_file is None:
-            return None
-        ca_path = Path(ca_file)
-        if not ca_path.is_absolute():
-            ca_path = self.base_dir / ca_path
-        try:
-            with open(ca_path, "rb") as fh:
-                fh.read(1)
-        except OSError as exc:
-            # Why, as for the *_file secrets: no such file, a directory, permission.
-            self.problem(path, f"cannot read {ca_file}: {exc.strerror or exc}")
-        return str(ca_path)
-
-    def timezone(self, path: str, value: Any) -> str | None:
-        name = self.string(path, value)
-        if name is not None and zone(name) is None:
-            self.problem(path, f"{name!r} is not an IANA time zone (like Europe/Berlin) "
-                         "known to this system's tz database")
-            return None
-        return name
+# The model's names are imported from here by the rest of the exporter.
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "DEFAULT_MAX_PER_HOST", "DEFAULT_MAX_RESPONSE_BYTES",
+           "DEFAULT_TIMEOUT", "ApiKeyAuth", "Auth", "Config", "ConfigError", "PasswordAuth",
+           "PortalConfig", "Secret", "TokenAuth", "duplicate_keys", "load_config",
+           "parse_config", "parse_duration"]
 
 
 REQUIRED = object()  # a Field default: the key must be set
