@@ -17,7 +17,8 @@ from exporter.client import wall_clock
 from exporter.collector import DocSpaceCollector, ExporterCollector, Scraper
 from exporter.config import DEFAULT_MAX_CONCURRENCY, Config, ConfigError
 
-log = logging.getLogger(__name__)
+# The name server.py logged under before the split: log lines ("logger") stay the same.
+log = logging.getLogger("exporter.server")
 
 
 class ExporterApp:

@@ -119,3 +119,4 @@ class ConfigError(Exception):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
+        super().__init__("\n".join(problems))

@@ -23,6 +23,7 @@ from exporter.collector import SCRAPE_TIMEOUT_OFFSET
 if TYPE_CHECKING:
     from exporter.server import ExporterHTTPServer
 
+# The name server.py logged under before the split: log lines ("logger") stay the same.
 log = logging.getLogger("exporter.server")
 
 MAX_QUERY = 4096

@@ -17,7 +17,7 @@ from exporter.app import ExporterApp
 from exporter.auth import BasicAuth, TokenBucket
 from exporter.config import ConfigError
 from exporter.handler import Handler, Route, default_routes
-from exporter.tlsserver import client_allowed
+from exporter.tlsserver import client_allowed, peer_sans
 from exporter.webconfig import WebConfig, files_signature, load_web_config
 
 # The names callers have always imported from here.
@@ -153,8 +153,10 @@ class ExporterHTTPServer(ThreadingHTTPServer):
                 log.debug("TLS handshake failed", extra={"err": type(exc).__name__})
                 return
             # A verified client certificate without one of client_allowed_sans: no HTTP.
-            if not client_allowed(request.getpeercert(), self.web.client_allowed_sans):
-                log.debug("client certificate has none of client_allowed_sans")
+            cert = request.getpeercert()
+            if not client_allowed(cert, self.web.client_allowed_sans):
+                log.debug("client certificate has none of client_allowed_sans",
+                          extra={"sans": len(peer_sans(cert))})
                 return
         super().finish_request(request, client_address)
 
