@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from types import FrameType
 
 from exporter import __version__, logs
+from exporter.app import ExporterApp
 from exporter.config import ApiKeyAuth, Config, ConfigError, PasswordAuth, PortalConfig, Secret
 from exporter.config import load_config as load_config_file
-from exporter.server import ExporterApp, ExporterHTTPServer
+from exporter.server import ExporterHTTPServer
 from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter")

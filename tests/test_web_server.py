@@ -27,10 +27,11 @@ from hardening_helpers import (
 )
 
 from exporter import __version__
+from exporter.auth import BasicAuth
 from exporter.config import ApiKeyAuth, Config, ConfigError, PortalConfig, Secret
 from exporter.server import ExporterApp, ExporterHTTPServer
 from exporter.simulator import Simulator
-from exporter.webconfig import BasicAuth, WebConfig
+from exporter.webconfig import WebConfig
 
 
 def basic(user: str, password: str) -> str:
@@ -468,7 +469,7 @@ def test_route_table_answers_404_405_and_allow(plain: RunningExporter) -> None:
 def test_a_failure_answers_no_sooner_than_a_bcrypt(monkeypatch: pytest.MonkeyPatch) -> None:
     """A cached failure waits (sleeps) for the rest of one bcrypt's time: a repeated wrong
     password is not told apart from a new one, and costs a sleep, not CPU."""
-    import exporter.webconfig as webconfig
+    import exporter.auth as webconfig
 
     auth = BasicAuth({"prom": bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4))})
     auth._bcrypt_seconds = 5.0
