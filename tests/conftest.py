@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from docspace_simulator import SimPortal, Simulator
 from exporter.config import (
     ApiKeyAuth,
     Config,
@@ -20,8 +21,8 @@ from exporter.config import (
     TokenAuth,
 )
 from exporter.server import ExporterApp, ExporterHTTPServer, WebConfig
-from exporter.simulator import SimPortal, Simulator
 from tests import deploy_helpers as dh
+from tests import faults  # noqa: F401 - registers the test-only fault scenarios
 from tests.hardening_helpers import parse_samples
 
 

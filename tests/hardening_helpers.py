@@ -27,9 +27,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from docspace_simulator import SimPortal, Simulator
 from exporter.config import Config, load_config
 from exporter.server import ExporterApp, ExporterHTTPServer, WebConfig
-from exporter.simulator import SimPortal, Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 # What Prometheus sends with a 3 s scrape_timeout; the contract's deadline is this header.

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from docspace_simulator import Simulator
 from exporter.config import Config
-from exporter.simulator import Simulator
 from tests.conftest import portal_config
 from tests.hardening_helpers import value
 

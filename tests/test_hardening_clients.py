@@ -25,9 +25,9 @@ from hardening_helpers import (
     value,
 )
 
+from docspace_simulator import Simulator
 from exporter.config import ApiKeyAuth, Config, PortalConfig, Secret
 from exporter.server import load_web_config
-from exporter.simulator import Simulator
 
 USER = "prometheus"
 PASSWORD = "correct horse battery staple"  # the exporter's own basic-auth password

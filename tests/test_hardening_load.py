@@ -36,8 +36,8 @@ from hardening_helpers import (
     write_config,
 )
 
+from docspace_simulator import Simulator
 from exporter.config import ApiKeyAuth, Config, PasswordAuth, PortalConfig, Secret
-from exporter.simulator import Simulator
 
 # schedule, backup_progress, restore_progress (history off), and on the first fetch of the
 # hour settings and tariff.

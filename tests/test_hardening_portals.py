@@ -39,8 +39,8 @@ from hardening_helpers import (
     value,
 )
 
+from docspace_simulator import Simulator
 from exporter.config import ApiKeyAuth, Config, PortalConfig, Secret
-from exporter.simulator import Simulator
 
 ALL = dict.fromkeys(ENDPOINTS)
 # The contract lets every data endpoint fail on a broken portal; getrestoreprogress is

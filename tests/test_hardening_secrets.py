@@ -40,11 +40,11 @@ from hardening_helpers import (
     write_config,
 )
 
+from docspace_simulator import SimPortal, Simulator
 from exporter import logs
 from exporter.client import DocSpaceClient
 from exporter.config import ConfigError, load_config
 from exporter.server import BasicAuth, ExporterApp, load_web_config
-from exporter.simulator import SimPortal, Simulator
 
 # Every scenario that makes an error path, plus the healthy ones whose answers carry task
 # ids, links and storageParams.

@@ -19,9 +19,9 @@ import bcrypt
 import pytest
 from freezegun import freeze_time
 
+from docspace_simulator import Simulator, render_config
 from exporter.config import Config, load_config
 from exporter.server import load_web_config
-from exporter.simulator import Simulator, render_config
 from tests.conftest import Running, portal_config
 from tests.hardening_helpers import closed_port, parse_samples, value
 

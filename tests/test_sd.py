@@ -30,9 +30,9 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests import deploy_helpers as dh
 
+from docspace_simulator import Simulator, render_config
 from exporter.config import Config, load_config
 from exporter.server import WebConfig
-from exporter.simulator import Simulator, render_config
 from tests.conftest import Running, portal_config
 from tests.test_sharding import hashmod
 

@@ -30,7 +30,7 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests import deploy_helpers as dh
 
-from exporter.simulator import Simulator, render_config
+from docspace_simulator import Simulator, render_config
 
 pytestmark = pytest.mark.e2e
 

@@ -26,10 +26,10 @@ from hardening_helpers import (
     wait_for,
 )
 
+from docspace_simulator import Simulator
 from exporter import __version__
 from exporter.config import ApiKeyAuth, Config, ConfigError, PortalConfig, Secret
 from exporter.server import ExporterApp, ExporterHTTPServer
-from exporter.simulator import Simulator
 from exporter.webconfig import BasicAuth, WebConfig
 
 
