@@ -13,10 +13,7 @@ from pathlib import Path
 
 import pytest
 
-try:
-    import deploy_helpers as dh
-except ImportError:  # tests/ imported as a package
-    from tests import deploy_helpers as dh
+from tests import deploy_helpers as dh
 
 DOCS = [dh.README, *sorted((dh.REPO / "docs").glob("*.md")), dh.REPO / "benchmarks" / "README.md"]
 # [text](target) and [text]: target, outside code blocks and inline code.

@@ -7,8 +7,7 @@ from typing import Any
 
 from docspace_simulator import Simulator
 from exporter.config import Config
-from tests.conftest import portal_config
-from tests.hardening_helpers import value
+from tests.harness import portal_config, value
 
 
 def scrape(sim: Simulator, exporter: Callable[..., Any], scenario: str, *, auth: str = "api_key",

@@ -26,9 +26,8 @@ from docspace_simulator import Simulator, render_config
 from exporter.client import DocSpaceClient, FetchError, tls_context
 from exporter.collector import Scraper
 from exporter.config import DEFAULT_MAX_PER_HOST, ApiKeyAuth, PortalConfig, Secret
-from tests.conftest import portal_config
 from tests.deploy_helpers import binary
-from tests.hardening_helpers import cli_processes, start_cli, wait_for  # noqa: F401
+from tests.harness import portal_config, start_cli, wait_for
 
 
 @dataclass
@@ -243,7 +242,7 @@ def _write_config(sim: Simulator, path: Path, ca: Path) -> None:
 
 def test_connections_opened_at_start_and_after_reload(
         tls_sim: Simulator, certs: CertSet, tmp_path: Path,
-        cli_processes: list[Any]) -> None:  # noqa: F811
+        cli_processes: list[Any]) -> None:
     """Before any scrape, the exporter has opened (TLS handshake done) one connection per
     call of each portal; the first scrape then opens none. A portal added by a reload gets
     its connections without waiting for a scrape."""
