@@ -18,6 +18,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter/ exporter/
+# The DocSpace simulator that --demo serves (imported only for --demo).
+COPY docspace_simulator/ docspace_simulator/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # --- runtime ---------------------------------------------------------------------------------

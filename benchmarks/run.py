@@ -8,7 +8,7 @@ One command, from the repository root:
     python benchmarks/run.py --quick         # N = 1, 10, 100, naive only to 10 (1-2 minutes)
 
 For every N it starts, each in its own process:
-  * the simulator (`python -m exporter.simulator`) serving N portals, 200 ms per request;
+  * the simulator (`python -m docspace_simulator`) serving N portals, 200 ms per request;
   * the exporter (`python -m exporter`) with that config, scraped on /metrics;
   * the same exporter with `max_concurrency: 1` (the naive sequential exporter), N <= 100;
   * Debian's prometheus-blackbox-exporter, N concurrent /probe requests, one HTTP GET of
@@ -238,7 +238,7 @@ def start_simulator(n: int, workdir: Path, scheme: str = "http") -> tuple[Proc, 
     cfg = workdir / f"sim-{n}-{scheme}.yaml"
     tls = ["--tls-cert", str(TLS["cert"]), "--tls-key", str(TLS["key"])] if (
         scheme == "https") else []
-    proc = Proc([sys.executable, "-m", "exporter.simulator", "--listen", "127.0.0.1:0",
+    proc = Proc([sys.executable, "-m", "docspace_simulator", "--listen", "127.0.0.1:0",
                  "--portals", str(n), "--scenario", "healthy", "--latency", str(LATENCY),
                  "--no-history", "--port-per-portal", *tls, "--write-config", str(cfg)],
                 name="simulator")

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def demo_config() -> tuple[Config, object]:
     """Start the simulator on loopback and return a config of its demo portals."""
-    from exporter.simulator import Simulator, add_demo_portals
+    from docspace_simulator import Simulator, add_demo_portals
 
     sim = Simulator("127.0.0.1", 0)
     sim_portals = add_demo_portals(sim)

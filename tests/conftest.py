@@ -1,28 +1,20 @@
-"""Shared fixtures: the simulator and a real exporter server, both on 127.0.0.1 port 0."""
+"""The fixtures: the simulator and the exporter (in a thread or as the CLI), all on 127.0.0.1
+port 0 and stopped after the test, and each Prometheus release in turn. The classes they hand
+out are in tests/harness.py."""
 
 from __future__ import annotations
 
-import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from exporter.config import (
-    ApiKeyAuth,
-    Config,
-    PasswordAuth,
-    PortalConfig,
-    Secret,
-    TokenAuth,
-)
-from exporter.server import ExporterApp, ExporterHTTPServer, WebConfig
-from exporter.simulator import SimPortal, Simulator
+from docspace_simulator import Simulator
+from exporter.config import Config
+from exporter.server import WebConfig
 from tests import deploy_helpers as dh
-from tests.hardening_helpers import parse_samples
+from tests import faults  # noqa: F401 - registers the test-only fault scenarios
+from tests.harness import ExporterProcess, Running, RunningExporter, start_exporter
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -51,63 +43,46 @@ def sim() -> Iterator[Simulator]:
         s.stop()
 
 
-def portal_config(sim: Simulator, sp: SimPortal, *, auth: str = "api_key",
-                  **kw: Any) -> PortalConfig:
-    """An exporter PortalConfig for a simulator portal, with the chosen auth method."""
-    a: ApiKeyAuth | TokenAuth | PasswordAuth
-    if auth == "api_key":
-        a = ApiKeyAuth(Secret(sp.api_key))
-    elif auth == "token":
-        assert sp.token
-        a = TokenAuth(Secret(sp.token))
-    else:
-        assert sp.username and sp.password
-        a = PasswordAuth(sp.username, Secret(sp.password))
-    kw.setdefault("timeout", 5.0)
-    return PortalConfig(name=sp.name, url=sim.portal_url(sp.name), auth=a, **kw)
+@pytest.fixture
+def exporters() -> Iterator[Callable[..., RunningExporter]]:
+    """Factory: exporters(config, web=None, loader=None, context=None) -> RunningExporter,
+    served in a thread on 127.0.0.1:0; every one is shut down after the test."""
+    started: list[RunningExporter] = []
 
+    def make(config: Config | None, **kw: Any) -> RunningExporter:
+        ex = start_exporter(config, **kw)
+        started.append(ex)
+        return ex
 
-@dataclass
-class Running:
-    app: ExporterApp
-    server: ExporterHTTPServer
-    url: str
-
-    def get(self, path: str, headers: dict[str, str] | None = None,
-            method: str = "GET", timeout: float = 30) -> tuple[int, dict[str, str], str]:
-        req = urllib.request.Request(self.url + path, headers=headers or {}, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, dict(r.headers), r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), e.read().decode()
-
-    def samples(self, path: str = "/metrics", headers: dict[str, str] | None = None
-                ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        status, _, body = self.get(path, headers)
-        assert status == 200, body
-        return parse_samples(body)
+    yield make
+    for ex in started:
+        ex.stop()
 
 
 @pytest.fixture
-def exporter() -> Iterator[Callable[..., Running]]:
-    """Factory: exporter(config, web=None, loader=None) -> Running, served on 127.0.0.1:0."""
-    started: list[tuple[ExporterHTTPServer, threading.Thread, ExporterApp]] = []
+def exporter(exporters: Callable[..., RunningExporter]) -> Callable[..., Running]:
+    """The same exporters, seen through `Running` (text answers, parsed samples)."""
 
     def start(config: Config | None, *, web: WebConfig | None = None,
               loader: Callable[[], Config] | None = None) -> Running:
-        app = ExporterApp(config, loader=loader)
-        server = ExporterHTTPServer(("127.0.0.1", 0), app, web or WebConfig())
-        t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                             daemon=True)
-        t.start()
-        started.append((server, t, app))
+        ex = exporters(config, web=web, loader=loader)
         scheme = "https" if (web and web.ssl_context) else "http"
-        return Running(app, server, f"{scheme}://127.0.0.1:{server.server_address[1]}")
+        return Running(ex.app, ex.server, f"{scheme}://127.0.0.1:{ex.port}")
 
-    yield start
-    for server, t, app in started:
-        server.graceful_shutdown()
-        t.join(timeout=10)
-        server.server_close()
-        app.scraper.close()
+    return start
+
+
+@pytest.fixture
+def simulator(sim: Simulator) -> Simulator:
+    """conftest's `sim` (started on 127.0.0.1:0, stopped after the test), by this name."""
+    return sim
+
+
+@pytest.fixture
+def cli_processes() -> Iterator[list[ExporterProcess]]:
+    """Append started CLI processes; each is stopped (SIGTERM, then kill) after the test."""
+    procs: list[ExporterProcess] = []
+    yield procs
+    for p in procs:
+        p.stop()
+

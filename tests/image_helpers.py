@@ -21,10 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-try:
-    import deploy_helpers as dh
-except ImportError:  # tests/ imported as a package
-    from tests import deploy_helpers as dh
+from tests import deploy_helpers as dh
 
 DOCKERFILE = dh.REPO / "Dockerfile"
 SUITE = "bookworm"  # the Debian release of python:3.11.x-slim-bookworm

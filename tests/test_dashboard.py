@@ -12,10 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-try:
-    import deploy_helpers as dh
-except ImportError:  # tests/ imported as a package
-    from tests import deploy_helpers as dh
+from tests import deploy_helpers as dh
 
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 PROVISIONING = dh.DEPLOY / "grafana" / "provisioning"

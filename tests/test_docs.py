@@ -13,10 +13,7 @@ from pathlib import Path
 
 import pytest
 
-try:
-    import deploy_helpers as dh
-except ImportError:  # tests/ imported as a package
-    from tests import deploy_helpers as dh
+from tests import deploy_helpers as dh
 
 DOCS = [dh.README, *sorted((dh.REPO / "docs").glob("*.md")), dh.REPO / "benchmarks" / "README.md"]
 # [text](target) and [text]: target, outside code blocks and inline code.
@@ -88,15 +85,15 @@ def test_nothing_points_outside_the_repository(doc: Path) -> None:
 
 
 def test_the_readme_simulator_recipe_works(tmp_path: Path) -> None:
-    """`python -m exporter.simulator ... --write-config` writes a config the exporter accepts
+    """`python -m docspace_simulator ... --write-config` writes a config the exporter accepts
     and serves: the commands of the README's simulator section, on free loopback ports."""
     readme = dh.README.read_text(encoding="utf-8")
-    assert "python3 -m exporter.simulator --portals 200 --scenario stale" in readme
+    assert "python3 -m docspace_simulator --portals 200 --scenario stale" in readme
     assert "--write-config sim.yaml" in readme
     env = dict(os.environ, PYTHONPATH=str(dh.REPO), PYTHONDONTWRITEBYTECODE="1")
     config = tmp_path / "sim.yaml"
     with dh.children() as started:
-        sim = dh.Child("simulator", [sys.executable, "-m", "exporter.simulator", "--portals", "3",
+        sim = dh.Child("simulator", [sys.executable, "-m", "docspace_simulator", "--portals", "3",
                                      "--scenario", "stale", "--write-config", str(config)],
                        tmp_path / "simulator.log", cwd=tmp_path, env=env)
         started.append(sim)

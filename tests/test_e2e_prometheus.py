@@ -3,6 +3,7 @@ routed by a real Alertmanager with the shipped config (inhibition included)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -18,10 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-try:
-    import deploy_helpers as dh
-except ImportError:  # tests/ imported as a package
-    from tests import deploy_helpers as dh
+from tests import deploy_helpers as dh
 
 pytestmark = pytest.mark.e2e
 
@@ -297,7 +295,7 @@ def test_other_demo_states_alert(stack: Stack) -> None:
     for alertname, portal in (("DocSpaceBackupNotScheduled", "no-schedule"),
                               ("DocSpaceRestoreFailed", "restore-failed"),
                               ("DocSpaceBackupNoRecentSuccess", "stale")):
-        dh.wait_until(lambda a=alertname, p=portal: am_alert(stack, a, p, "active"),
+        dh.wait_until(functools.partial(am_alert, stack, alertname, portal, "active"),
                       what=f"{alertname}{{portal={portal}}}")
     # never-ran has a daily schedule: not alerting before it was watched for a day.
     assert not dh.prom_query(stack.prometheus,
@@ -324,9 +322,11 @@ def test_overdue_and_tariff_blocked_portals_reach_alertmanager(stack: Stack) -> 
     assert blocked["annotations"]["runbook_url"].endswith("#docspacetariffblocksbackups")
     for name, portal in (("DocSpaceBackupOverdue", "overdue"),
                          ("DocSpaceTariffBlocksBackups", "tariff-delay")):
-        dh.wait_until(lambda n=name, p=portal: any(
-            labels["alertname"] == n and labels["portal"] == p
-            for _, labels in stack.webhook.alerts("oncall")),
+        def notified(n: str = name, p: str = portal) -> bool:
+            return any(labels["alertname"] == n and labels["portal"] == p
+                       for _, labels in stack.webhook.alerts("oncall"))
+
+        dh.wait_until(notified,
             what=f"webhook notification of {name}{{portal={portal}}} to oncall")
     # The due times Prometheus holds: an hour and more in the past for `overdue`, in the
     # future for the portals whose schedule ran.

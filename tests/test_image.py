@@ -18,14 +18,9 @@ from typing import Any
 
 import pytest
 
-try:
-    import deploy_helpers as dh
-    import image_helpers as ih
-except ImportError:  # tests/ imported as a package
-    from tests import deploy_helpers as dh
-    from tests import image_helpers as ih
-
 from exporter import __version__
+from tests import deploy_helpers as dh
+from tests import image_helpers as ih
 
 pytestmark = pytest.mark.e2e
 CONTAINER_PORT = 10057  # the Dockerfile's EXPOSE and the HEALTHCHECK's port

@@ -19,11 +19,20 @@ import bcrypt
 import pytest
 from freezegun import freeze_time
 
+from docspace_simulator import Simulator, render_config
 from exporter.config import Config, load_config
 from exporter.server import load_web_config
-from exporter.simulator import Simulator, render_config
-from tests.conftest import Running, portal_config
-from tests.hardening_helpers import closed_port, parse_samples, value
+from tests.harness import (
+    ExporterProcess,
+    Running,
+    assert_complete,
+    closed_port,
+    portal_config,
+    run_cli,
+    start_cli,
+    value,
+    wait_for,
+)
 
 ExporterFactory = Callable[..., Running]
 
@@ -266,6 +275,7 @@ def test_reload_over_http_and_invalid_config_keeps_the_old(
     assert value(s, "docspace_up", portal="a") == 1 and value(s, "docspace_up", portal="b") is None
     assert value(s, "docspace_exporter_config_last_reload_successful") == 1
     first_ts = value(s, "docspace_exporter_config_last_reload_success_timestamp_seconds")
+    assert first_ts is not None
 
     _write_config(cfg_file, sim, ["a", "b"])
     time.sleep(0.01)
@@ -273,7 +283,8 @@ def test_reload_over_http_and_invalid_config_keeps_the_old(
     assert status == 200, body
     s = run.samples()
     assert value(s, "docspace_up", portal="b") == 1
-    assert value(s, "docspace_exporter_config_last_reload_success_timestamp_seconds") > first_ts
+    ts = value(s, "docspace_exporter_config_last_reload_success_timestamp_seconds")
+    assert ts is not None and ts > first_ts
 
     cfg_file.write_text("portals:\n  - name: a\n    url: ftp://nope\n")
     status, _, body = run.get("/-/reload", method="POST")
@@ -365,41 +376,12 @@ def test_web_config_errors(tmp_path: Path, content: str, problem: str) -> None:
 
 # -- the CLI as a user runs it ------------------------------------------------------------
 
-def _start_cli(args: list[str]) -> tuple[subprocess.Popen[str], int]:
-    port = closed_port()
-    proc = subprocess.Popen([sys.executable, "-m", "exporter", *args,
-                             "--web.listen-address", f"127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/healthy", timeout=2):
-                return proc, port
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(proc.stderr.read() if proc.stderr else "exited") from None
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("exporter did not start")
-
-
-def _stop_cli(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return proc.returncode, err
-
-
-def test_demo_mode_serves_every_scenario() -> None:
-    proc, port = _start_cli(["--demo"])
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
-            s = parse_samples(r.read().decode())
-    finally:
-        code, err = _stop_cli(proc)
+def test_demo_mode_serves_every_scenario(tmp_path: Path,
+                                         cli_processes: list[ExporterProcess]) -> None:
+    ex = run_cli(["--demo"], tmp_path / "exporter.log")
+    cli_processes.append(ex)
+    s = assert_complete(ex.get("/metrics"))
+    code, err = ex.stop(), ex.log()
     assert code == 0, err
     ups = {dict(k[1])["portal"]: v for k, v in s.items() if k[0] == "docspace_up"}
     assert ups == {"healthy": 1, "healthy-login": 1, "stale": 1, "never-ran": 1,
@@ -407,11 +389,13 @@ def test_demo_mode_serves_every_scenario() -> None:
                    "restore-running": 0, "restore-failed": 1, "auth-failure": 0, "down": 0,
                    "overdue": 1, "tariff-delay": 1}
     # The overdue portal's due time is in the past, the tariff-delay portal is blocked.
-    assert value(s, "docspace_backup_schedule_next_due_timestamp_seconds",
-                 portal="overdue") < time.time() - 3600
+    overdue_due = value(s, "docspace_backup_schedule_next_due_timestamp_seconds",
+                        portal="overdue")
+    assert overdue_due is not None and overdue_due < time.time() - 3600
     assert value(s, "docspace_portal_tariff_state", portal="tariff-delay", state="delay") == 1
-    assert value(s, "docspace_backup_schedule_next_due_timestamp_seconds",
-                 portal="healthy") > time.time()
+    healthy_due = value(s, "docspace_backup_schedule_next_due_timestamp_seconds",
+                        portal="healthy")
+    assert healthy_due is not None and healthy_due > time.time()
     assert value(s, "docspace_backup_schedule_configured", portal="no-schedule") == 0
     assert value(s, "docspace_backup_failed", portal="backup-failed") == 1
     assert value(s, "docspace_restore_failed", portal="restore-failed") == 1
@@ -451,45 +435,43 @@ def test_demo_listens_on_loopback_unless_an_address_is_given() -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/healthy", timeout=10) as r:
             assert r.status == 200
     finally:
-        rc, err = _stop_cli(proc)
-    assert rc == 0, err
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err
 
 
-def test_sighup_reloads_the_config_file(sim: Simulator, tmp_path: Path) -> None:
+def test_sighup_reloads_the_config_file(sim: Simulator, tmp_path: Path,
+                                       cli_processes: list[ExporterProcess]) -> None:
     sim.add_portal("a", "healthy")
     sim.add_portal("b", "healthy")
     cfg_file = tmp_path / "config.yaml"
     _write_config(cfg_file, sim, ["a"])
-    proc, port = _start_cli(["--config.file", str(cfg_file)])
-    try:
-        _write_config(cfg_file, sim, ["a", "b"])
-        proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 20
-        s: dict = {}
-        while time.monotonic() < deadline:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
-                s = parse_samples(r.read().decode())
-            if value(s, "docspace_up", portal="b") == 1:
-                break
-            time.sleep(0.2)
-        assert value(s, "docspace_up", portal="b") == 1
-    finally:
-        code, err = _stop_cli(proc)
+    ex = start_cli(cfg_file, tmp_path / "exporter.log")
+    cli_processes.append(ex)
+    _write_config(cfg_file, sim, ["a", "b"])
+    ex.signal(signal.SIGHUP)
+    assert wait_for(lambda: value(assert_complete(ex.get("/metrics")), "docspace_up",
+                                  portal="b") == 1, timeout=20, step=0.2)
+    code, err = ex.stop(), ex.log()
     assert code == 0, err
     assert "config reloaded" in err
 
 
-def test_log_format_json(sim: Simulator, tmp_path: Path) -> None:
+def test_log_format_json(sim: Simulator, tmp_path: Path,
+                         cli_processes: list[ExporterProcess]) -> None:
     import json
 
     sim.add_portal("a", "auth_failure")
     cfg_file = tmp_path / "config.yaml"
     _write_config(cfg_file, sim, ["a"])
-    proc, port = _start_cli(["--config.file", str(cfg_file), "--log.format", "json"])
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read()
-    finally:
-        code, err = _stop_cli(proc)
+    ex = start_cli(cfg_file, tmp_path / "exporter.log", "--log.format", "json")
+    cli_processes.append(ex)
+    assert ex.get("/metrics").status == 200
+    code, err = ex.stop(), ex.log()
     assert code == 0
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]
     assert any(rec.get("reason") == "unauthorized" and rec.get("portal") == "a" for rec in lines)

@@ -20,10 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-try:
-    import deploy_helpers as dh
-except ImportError:  # tests/ imported as a package
-    from tests import deploy_helpers as dh
+from tests import deploy_helpers as dh
 
 K8S = dh.DEPLOY / "kubernetes"
 MANIFESTS = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")

@@ -11,10 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-try:
-    import deploy_helpers as dh
-except ImportError:  # tests/ imported as a package
-    from tests import deploy_helpers as dh
+from tests import deploy_helpers as dh
 
 
 def _rule_groups() -> list[dict[str, Any]]:

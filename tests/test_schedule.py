@@ -209,8 +209,9 @@ def test_never_ran_matches_local_clock_walk(zone_name: str, c: tuple[str, int, i
 # --- by example -------------------------------------------------------------------------------
 
 
-def utc(*args: int) -> float:
-    return datetime(*args, tzinfo=UTC).timestamp()
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0,
+        second: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
 
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")

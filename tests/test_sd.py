@@ -25,15 +25,11 @@ import bcrypt
 import pytest
 import yaml
 
-try:
-    import deploy_helpers as dh
-except ImportError:  # tests/ imported as a package
-    from tests import deploy_helpers as dh
-
+from docspace_simulator import Simulator, render_config
 from exporter.config import Config, load_config
 from exporter.server import WebConfig
-from exporter.simulator import Simulator, render_config
-from tests.conftest import Running, portal_config
+from tests import deploy_helpers as dh
+from tests.harness import Running, portal_config
 from tests.test_sharding import hashmod
 
 HTTP_SD = dh.DEPLOY / "prometheus" / "prometheus-http-sd.yml"

@@ -25,12 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-try:
-    import deploy_helpers as dh
-except ImportError:  # tests/ imported as a package
-    from tests import deploy_helpers as dh
-
-from exporter.simulator import Simulator, render_config
+from docspace_simulator import Simulator, render_config
+from tests import deploy_helpers as dh
 
 pytestmark = pytest.mark.e2e
 

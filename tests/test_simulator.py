@@ -20,13 +20,15 @@ from typing import Any
 
 import pytest
 
-from exporter.simulator import (
+from docspace_simulator import (
     DEMO_PASSWORD,
     DEMO_PORTALS,
     DEMO_USERNAME,
     SCENARIOS,
+    Scenario,
     Simulator,
     add_demo_portals,
+    register_scenario,
     render_config,
 )
 
@@ -128,34 +130,65 @@ def sim() -> Any:
 # --- constants and construction ---
 
 
-def test_scenario_and_demo_names() -> None:
-    assert set(SCENARIOS) >= {
-        "healthy",
-        "stale",
-        "never_ran",
-        "no_schedule",
-        "backup_running",
-        "backup_failed",
-        "restore_running",
-        "restore_failed",
-        "auth_failure",
-        "slow",
-        "down",
-        "unpaid",
-        "forbidden",
-        "rate_limited",
-        "hang",
-        "drip",
-        "huge",
-        "truncated",
-        "wrong_types",
-        "html",
-        "redirect",
-    }
-    assert len(set(SCENARIOS)) == len(SCENARIOS)
+def _answers(sim: Simulator, portal: str) -> list[tuple[int, bytes]]:
+    """Status and body (portal name and trace ids masked) of every endpoint of a portal."""
+    out = []
+    for endpoint in ("getbackupschedule", "getbackupprogress", "getrestoreprogress",
+                     "getbackuphistory"):
+        status, _, body = api(sim, portal, endpoint)
+        out.append((status, body))
+    for path in ("settings", "portal/tariff"):
+        status, _, body = call(sim, "GET", f"/{portal}/api/2.0/{path}", bearer(sim, portal))
+        out.append((status, body))
+    status, _, body = login(sim, portal, "nobody@example.com", "wrong")
+    out.append((status, body))
+    return [(st, re.sub(rb'"traceId":"[^"]*"', b"", b.replace(portal.encode(), b"P")))
+            for st, b in out]
+
+
+# Faults whose answers take seconds (dripped, 60 MB, never): tests/test_client_hostile_portals.py.
+_SLOW_FAULTS = {"hang", "drip", "huge"}
+
+
+def test_every_scenario_answers_differently_from_healthy(sim: Simulator) -> None:
+    """Each row of the table (package and test faults alike) changes some answer: a row whose
+    fields fail to reach the wire would look exactly like "healthy"."""
+    assert {"healthy", "hang", "drip", "huge", "redirect"} <= set(SCENARIOS)  # faults loaded
+    healthy = _answers(sim, "healthy")
+    same = [name for name in SCENARIOS if name not in _SLOW_FAULTS | {"healthy", "slow"}
+            and _answers(sim, name) == healthy]
+    assert same == []
+
+
+def test_scenario_table_rows() -> None:
+    for name, row in SCENARIOS.items():
+        assert isinstance(row, Scenario) and row.name == name and row.doc
+    with pytest.raises(ValueError, match="already registered"):
+        register_scenario(Scenario("healthy", "another healthy"))
     assert dict(DEMO_PORTALS)["never-ran"] == "never_ran"
-    assert len(DEMO_PORTALS) == 13
     assert all(scenario in SCENARIOS for _, scenario in DEMO_PORTALS)
+
+
+def test_package_table_is_the_documented_one() -> None:
+    """docspace_simulator's own rows (without tests/faults.py) are the ones `--help` lists, each
+    with its description; the test-only faults are not in the package."""
+    code = ("import docspace_simulator as d, json; "
+            "print(json.dumps({n: s.doc for n, s in d.SCENARIOS.items()}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT / "docs")
+    assert r.returncode == 0, r.stderr
+    own = json.loads(r.stdout)
+    assert set(own) & _FAULTS == set()
+    assert set(own) == set(SCENARIOS) - _FAULTS
+    helped = subprocess.run([sys.executable, "-m", "docspace_simulator", "--help"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT / "docs")
+    assert helped.returncode == 0, helped.stderr
+    text = " ".join(helped.stdout.split())
+    assert [n for n, doc in own.items() if f"{n} {' '.join(doc.split())}" not in text] == []
+    assert [n for n in _FAULTS if f" {n} " in text] == []
+
+
+_FAULTS = {"hang", "drip", "huge", "truncated", "wrong_types", "html", "redirect"}
 
 
 def test_add_portal_validates_and_derives_api_key() -> None:
@@ -178,16 +211,17 @@ def test_add_portal_validates_and_derives_api_key() -> None:
 
 
 def test_simulator_imports_only_the_standard_library() -> None:
-    tree = ast.parse((ROOT / "exporter" / "simulator.py").read_text())
     modules: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            modules.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "no relative imports"
-            modules.add((node.module or "").split(".")[0])
+    for path in sorted((ROOT / "docspace_simulator").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, "no relative imports"
+                modules.add((node.module or "").split(".")[0])
     assert modules, "parsed no imports"
-    assert not modules - set(sys.stdlib_module_names) - {"__future__"}
+    # Only the standard library and the package itself.
+    assert not modules - set(sys.stdlib_module_names) - {"__future__", "docspace_simulator"}
 
 
 # --- success bodies (§2.1, §12) ---
@@ -792,7 +826,7 @@ def test_cli_writes_config_and_serves(tmp_path: Path, extra: list[str]) -> None:
         [
             sys.executable,
             "-m",
-            "exporter.simulator",
+            "docspace_simulator",
             "--listen",
             "127.0.0.1:0",
             "--latency",

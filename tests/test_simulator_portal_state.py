@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from exporter.simulator import DEMO_PORTALS, DEMO_ZONES, Simulator, add_demo_portals
+from docspace_simulator import DEMO_PORTALS, DEMO_ZONES, Simulator, add_demo_portals
 from tests.test_simulator import T0, api, bearer, call, login, ok_json
 
 NEW = ("overdue", "tariff_delay", "backup_warning", "backup_canceled", "backup_created",

@@ -19,14 +19,10 @@ from pathlib import Path
 
 import pytest
 
-try:
-    import deploy_helpers as dh
-except ImportError:  # tests/ imported as a package
-    from tests import deploy_helpers as dh
-
+from docspace_simulator import Simulator
 from exporter.config import Config, PortalConfig
-from exporter.simulator import Simulator
-from tests.conftest import Running, portal_config
+from tests import deploy_helpers as dh
+from tests.harness import Running, portal_config
 
 # health class and a word of the row's cells, per simulator scenario
 SCENARIOS = {

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from hardening_helpers import (
-    ROOT,
-    RunningExporter,
-    exporters,  # noqa: F401 - fixture
-)
 
 from exporter.config import Config, ConfigError
 from exporter.webconfig import EXTRA_HTTP_HEADERS, load_web_config
+from tests.harness import (
+    ROOT,
+    RunningExporter,
+)
 
 EMPTY = Config(portals=())
 
@@ -94,7 +93,7 @@ Start = Callable[[str], RunningExporter]
 
 
 @pytest.fixture
-def start(tmp_path: Path, exporters: Callable[..., RunningExporter]) -> Start:  # noqa: F811
+def start(tmp_path: Path, exporters: Callable[..., RunningExporter]) -> Start:
     def make(text: str) -> RunningExporter:
         path = tmp_path / "web.yml"
         path.write_text(text, encoding="utf-8")

@@ -16,22 +16,20 @@ from typing import Any
 
 import bcrypt
 import pytest
-from hardening_helpers import (
-    ExporterProcess,
-    RunningExporter,
-    cli_processes,  # noqa: F401 - fixture
-    exporters,  # noqa: F401 - fixture
-    raw_exchange,
-    start_cli,
-    wait_for,
-)
 
+from docspace_simulator import Simulator
 from exporter import __version__
 from exporter.auth import BasicAuth
 from exporter.config import ApiKeyAuth, Config, ConfigError, PortalConfig, Secret
 from exporter.server import ExporterApp, ExporterHTTPServer
-from exporter.simulator import Simulator
 from exporter.webconfig import WebConfig
+from tests.harness import (
+    ExporterProcess,
+    RunningExporter,
+    raw_exchange,
+    start_cli,
+    wait_for,
+)
 
 
 def basic(user: str, password: str) -> str:
@@ -293,7 +291,7 @@ def test_reload_answers_the_problems_of_its_own_reload(tmp_path: Path) -> None:
 
 def test_sighup_storm_and_posts_through_the_cli_serve_the_last_file(
         simulator: Simulator, tmp_path: Path,
-        cli_processes: list[ExporterProcess]) -> None:  # noqa: F811
+        cli_processes: list[ExporterProcess]) -> None:
     names = [f"p{i}" for i in range(6)]
     for n in names:
         simulator.add_portal(n, "healthy")
@@ -415,7 +413,7 @@ def test_accepted_sockets_have_tcp_nodelay(counting: CountingServer) -> None:
 
 
 @pytest.fixture
-def plain(exporters: Callable[..., RunningExporter]) -> RunningExporter:  # noqa: F811
+def plain(exporters: Callable[..., RunningExporter]) -> RunningExporter:
     return exporters(Config(portals=()))
 
 

@@ -1,4 +1,4 @@
-"""Secrets (issue 4, part 4): drive every error path with debug logging, then scan every
+"""Secrets: drive every error path with debug logging, then scan every
 log line, metric, HTTP answer and `--config.check` output for the configured API keys,
 tokens and passwords, the login tokens the portals issued, and what the contract keeps out
 of labels and logs (storageParams, task ids, download links, API error texts above debug).
@@ -24,27 +24,24 @@ from typing import Any
 
 import bcrypt
 import pytest
-from hardening_helpers import (
-    ROOT,
-    ExporterProcess,
-    RawServer,
-    RunningExporter,
-    cli_processes,  # noqa: F401 - fixture
-    closed_port,
-    exporters,  # noqa: F401 - fixture
-    make_certs,
-    portal_entry,
-    simulator,  # noqa: F401 - fixture
-    start_cli,
-    wait_for,
-    write_config,
-)
 
+from docspace_simulator import SimPortal, Simulator
 from exporter import logs
 from exporter.client import DocSpaceClient
 from exporter.config import ConfigError, load_config
 from exporter.server import BasicAuth, ExporterApp, load_web_config
-from exporter.simulator import SimPortal, Simulator
+from tests.harness import (
+    ROOT,
+    ExporterProcess,
+    RawServer,
+    RunningExporter,
+    closed_port,
+    make_certs,
+    portal_entry,
+    start_cli,
+    wait_for,
+    write_config,
+)
 
 # Every scenario that makes an error path, plus the healthy ones whose answers carry task
 # ids, links and storageParams.
@@ -167,7 +164,7 @@ def scan_api_texts(what: str, text: str, *, logs_at_debug: bool) -> None:
 
 
 @pytest.fixture
-def world(simulator: Simulator, tmp_path: Path) -> Iterator[World]:  # noqa: F811
+def world(simulator: Simulator, tmp_path: Path) -> Iterator[World]:
     w = World(simulator, tmp_path)
     with w.with_tls(tmp_path / "certs"):
         yield w
@@ -181,7 +178,7 @@ def basic(password: str) -> dict[str, str]:
 @pytest.mark.parametrize("log_format", ["logfmt", "json"])
 def test_no_secret_in_logs_metrics_answers_or_config_check(
         log_format: str, world: World, tmp_path: Path,
-        cli_processes: list[ExporterProcess]) -> None:  # noqa: F811
+        cli_processes: list[ExporterProcess]) -> None:
     sim = world.sim
     # Every portal on one simulator host: lift the per-host limit, or the hanging portals
     # would hold every slot and the others would never reach their own error paths.
@@ -319,7 +316,7 @@ def raw_debug_log() -> Iterator[io.StringIO]:
 
 def test_unmasked_debug_records_hold_no_secret(
         world: World, tmp_path: Path, raw_debug_log: io.StringIO,
-        exporters: Callable[..., RunningExporter],  # noqa: F811
+        exporters: Callable[..., RunningExporter],
         monkeypatch: pytest.MonkeyPatch) -> None:
     real = socket.getaddrinfo
 

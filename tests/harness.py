@@ -1,8 +1,9 @@
-"""Shared pieces of the hardening tests (issue 4): a real exporter server in a thread, the
-simulator, hostile raw servers, certificates, HTTP helpers. Loopback only, everything cleaned up.
+"""The test harness: the exporter served in a thread (`RunningExporter`) or run as the CLI in a
+subprocess (`ExporterProcess`), simulator portals as exporter config, hostile raw servers,
+certificates, HTTP and exposition helpers. Loopback only, everything cleaned up.
 
-Test modules import the fixtures they use from here (`from hardening_helpers import ...`), so
-this file does not depend on, nor change, tests/conftest.py.
+The fixtures that hand these out (`exporters`, `exporter`, `cli_processes`, `sim`, ...) are in
+tests/conftest.py; test modules import the helpers from here (`from tests.harness import ...`).
 """
 
 from __future__ import annotations
@@ -18,18 +19,27 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.config import Config, load_config
+from docspace_simulator import SimPortal, Simulator
+from exporter.config import (
+    ApiKeyAuth,
+    Config,
+    PasswordAuth,
+    PortalConfig,
+    Secret,
+    TokenAuth,
+    load_config,
+)
 from exporter.server import ExporterApp, ExporterHTTPServer, WebConfig
-from exporter.simulator import SimPortal, Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 # What Prometheus sends with a 3 s scrape_timeout; the contract's deadline is this header.
@@ -208,7 +218,7 @@ class RunningExporter:
 
 
 def start_exporter(
-    config: Config,
+    config: Config | None,
     *,
     web: WebConfig | None = None,
     loader: Callable[[], Config] | None = None,
@@ -222,25 +232,45 @@ def start_exporter(
     return RunningExporter(app, server, thread, context)
 
 
-@pytest.fixture
-def exporters() -> Iterator[Callable[..., RunningExporter]]:
-    """Factory of running exporters; every one is shut down after the test."""
-    started: list[RunningExporter] = []
-
-    def make(config: Config, **kw: Any) -> RunningExporter:
-        ex = start_exporter(config, **kw)
-        started.append(ex)
-        return ex
-
-    yield make
-    for ex in started:
-        ex.stop()
+# --- exporter config of simulator portals ---
 
 
-@pytest.fixture
-def simulator(sim: Simulator) -> Simulator:
-    """conftest's `sim` (started on 127.0.0.1:0, stopped after the test), by this name."""
-    return sim
+def portal_config(sim: Simulator, sp: SimPortal, *, auth: str = "api_key",
+                  **kw: Any) -> PortalConfig:
+    """An exporter PortalConfig for a simulator portal, with the chosen auth method."""
+    a: ApiKeyAuth | TokenAuth | PasswordAuth
+    if auth == "api_key":
+        a = ApiKeyAuth(Secret(sp.api_key))
+    elif auth == "token":
+        assert sp.token
+        a = TokenAuth(Secret(sp.token))
+    else:
+        assert sp.username and sp.password
+        a = PasswordAuth(sp.username, Secret(sp.password))
+    kw.setdefault("timeout", 5.0)
+    return PortalConfig(name=sp.name, url=sim.portal_url(sp.name), auth=a, **kw)
+
+
+@dataclass
+class Running:
+    app: ExporterApp
+    server: ExporterHTTPServer
+    url: str
+
+    def get(self, path: str, headers: dict[str, str] | None = None,
+            method: str = "GET", timeout: float = 30) -> tuple[int, dict[str, str], str]:
+        req = urllib.request.Request(self.url + path, headers=headers or {}, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, dict(r.headers), r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read().decode()
+
+    def samples(self, path: str = "/metrics", headers: dict[str, str] | None = None
+                ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, _, body = self.get(path, headers)
+        assert status == 200, body
+        return parse_samples(body)
 
 
 # --- config files ------------------------------------------------------------------------------
@@ -515,13 +545,20 @@ def free_port() -> int:
 
 def start_cli(config: Path, log_path: Path, *extra: str, ready_timeout: float = 20.0
               ) -> ExporterProcess:
-    """Start the CLI on a free loopback port and wait until /-/healthy answers."""
+    """Start the CLI with --config.file on a free loopback port; see run_cli."""
+    return run_cli(["--config.file", str(config), *extra], log_path,
+                   ready_timeout=ready_timeout)
+
+
+def run_cli(args: list[str], log_path: Path, *, ready_timeout: float = 20.0
+            ) -> ExporterProcess:
+    """`python -m exporter ARGS` on a free loopback port, its output (the log) in log_path;
+    returns once /-/healthy answers. The one way the tests start the exporter's CLI."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     log_file = log_path.open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "--config.file", str(config),
-         "--web.listen-address", f"127.0.0.1:{port}", *extra],
+        [sys.executable, "-m", "exporter", *args, "--web.listen-address", f"127.0.0.1:{port}"],
         stdout=log_file, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env)
     log_file.close()
     ep = ExporterProcess(proc, port, log_path)
@@ -538,12 +575,3 @@ def start_cli(config: Path, log_path: Path, *extra: str, ready_timeout: float = 
         ep.stop()
         raise AssertionError(f"exporter did not come up:\n{ep.log()}")
     return ep
-
-
-@pytest.fixture
-def cli_processes() -> Iterator[list[ExporterProcess]]:
-    """Append started CLI processes; each is stopped (SIGTERM, then kill) after the test."""
-    procs: list[ExporterProcess] = []
-    yield procs
-    for p in procs:
-        p.stop()

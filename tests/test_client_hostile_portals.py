@@ -1,4 +1,4 @@
-"""Hostile and broken portals (issue 4, part 1): each one beside a healthy portal, through the
+"""Hostile and broken portals: each one beside a healthy portal, through the
 real exporter server and real sockets on 127.0.0.1.
 
 For every case the scrape is answered before Prometheus' scrape timeout (the contract's
@@ -14,14 +14,16 @@ import logging
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hardening_helpers import (
+
+from docspace_simulator import Simulator
+from exporter.config import ApiKeyAuth, Config, PortalConfig, Secret
+from tests.harness import (
     ENDPOINTS,
     SCRAPE_TIMEOUT,
     Answer,
@@ -32,15 +34,10 @@ from hardening_helpers import (
     assert_no_data,
     closed_port,
     errors,
-    exporters,  # noqa: F401 - fixture
     make_certs,
     rss_bytes,
-    simulator,  # noqa: F401 - fixture
     value,
 )
-
-from exporter.config import ApiKeyAuth, Config, PortalConfig, Secret
-from exporter.simulator import Simulator
 
 ALL = dict.fromkeys(ENDPOINTS)
 # The contract lets every data endpoint fail on a broken portal; getrestoreprogress is
@@ -137,14 +134,14 @@ def check_scrape(ex: RunningExporter, reasons: dict[str, str], *, broken: str = 
 
 
 @pytest.fixture
-def sim_with_good(simulator: Simulator) -> Simulator:  # noqa: F811
+def sim_with_good(simulator: Simulator) -> Simulator:
     simulator.add_portal("good", "healthy")
     return simulator
 
 
 @pytest.mark.parametrize("case", SIM_CASES, ids=[c.id for c in SIM_CASES])
 def test_broken_simulator_portal(case: Case, sim_with_good: Simulator,
-                                 exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+                                 exporters: Callable[..., RunningExporter]) -> None:
     sim = sim_with_good
     assert case.scenario is not None
     sim.add_portal("broken", "healthy", **case.sim_kw)
@@ -171,7 +168,7 @@ def test_broken_simulator_portal(case: Case, sim_with_good: Simulator,
 
 
 def test_broken_portal_via_probe(sim_with_good: Simulator,
-                                 exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+                                 exporters: Callable[..., RunningExporter]) -> None:
     sim = sim_with_good
     sim.add_portal("broken", "hang", slow_seconds=60)
     ex = exporters(_config(sim, _sim_portal(sim, "broken")))
@@ -187,12 +184,12 @@ def test_broken_portal_via_probe(sim_with_good: Simulator,
 
 
 def test_connection_refused(sim_with_good: Simulator,
-                            exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+                            exporters: Callable[..., RunningExporter]) -> None:
     ex = exporters(_config(sim_with_good, _url_portal(f"http://127.0.0.1:{closed_port()}/x")))
     check_scrape(ex, _all("connection"))
 
 
-def test_dns_failure(sim_with_good: Simulator, exporters: Callable[..., RunningExporter],  # noqa: F811
+def test_dns_failure(sim_with_good: Simulator, exporters: Callable[..., RunningExporter],
                      monkeypatch: pytest.MonkeyPatch) -> None:
     # `.invalid` never resolves (RFC 6761). The resolver is answered here, in process, so
     # not even a DNS query leaves the machine; everything else resolves as usual.
@@ -217,7 +214,7 @@ def _tls_respond(sock: socket.socket, head: bytes, stop: threading.Event) -> Non
 
 @pytest.mark.parametrize("variant", ["self_signed", "wrong_ca"])
 def test_tls_failure(variant: str, sim_with_good: Simulator, tmp_path: Path,
-                     exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+                     exporters: Callable[..., RunningExporter]) -> None:
     certs = make_certs(tmp_path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     if variant == "self_signed":
@@ -235,7 +232,7 @@ def test_tls_failure(variant: str, sim_with_good: Simulator, tmp_path: Path,
 
 
 def test_tls_with_ca_file_works(sim_with_good: Simulator, tmp_path: Path,
-                                exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+                                exporters: Callable[..., RunningExporter]) -> None:
     """The control for the TLS failures: the same server with the right ca_file is reached."""
     certs = make_certs(tmp_path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -317,7 +314,7 @@ RAW_CASES: list[tuple[str, Callable[[socket.socket, bytes, threading.Event], Non
 def test_raw_misbehaviour(name: str, respond: Callable[[socket.socket, bytes, threading.Event],
                                                        None], reason: str,
                           sim_with_good: Simulator, caplog: pytest.LogCaptureFixture,
-                          exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+                          exporters: Callable[..., RunningExporter]) -> None:
     with RawServer(respond) as srv:
         ex = exporters(_config(sim_with_good, _url_portal(srv.url())))
         rss0 = rss_bytes()
@@ -330,7 +327,7 @@ def test_raw_misbehaviour(name: str, respond: Callable[[socket.socket, bytes, th
 
 
 def test_stuck_portal_does_not_stay_stuck(sim_with_good: Simulator,
-                                          exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+                                          exporters: Callable[..., RunningExporter]) -> None:
     """A call that never ends must not be joined by later scrapes: each scrape asks again and
     counts its own timeout, and once the portal answers again it is up at the next scrape."""
     fixed = threading.Event()
@@ -348,14 +345,13 @@ def test_stuck_portal_does_not_stay_stuck(sim_with_good: Simulator,
         ex = exporters(_config(sim_with_good, _url_portal(srv.url(), timeout=1.0)))
         first = check_scrape(ex, _all("timeout"))
         check_scrape(ex, _all("timeout"), before=assert_complete(first))
-        fixed.set()
-        time.sleep(0.2)
+        fixed.set()  # the very next scrape asks again and gets an answer
         samples = assert_complete(ex.scrape())
         assert value(samples, "docspace_up", portal="broken") == 1.0
 
 
 def test_retry_after_then_success(sim_with_good: Simulator,
-                                  exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+                                  exporters: Callable[..., RunningExporter]) -> None:
     """429 with Retry-After: 1 on the first call of each endpoint: the exporter waits once,
     inside the deadline, asks again and gets the data."""
     sim = sim_with_good
@@ -374,7 +370,7 @@ def test_retry_after_then_success(sim_with_good: Simulator,
 
 
 def test_retry_after_beyond_the_deadline_is_not_waited(
-        sim_with_good: Simulator, exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+        sim_with_good: Simulator, exporters: Callable[..., RunningExporter]) -> None:
     sim = sim_with_good
     sim.add_portal("broken", "rate_limited", retry_after=30)
     ex = exporters(_config(sim, _sim_portal(sim, "broken")))
@@ -383,7 +379,7 @@ def test_retry_after_beyond_the_deadline_is_not_waited(
         assert sim.request_count("broken", endpoint) == 1
 
 
-def test_every_failure_at_once(sim_with_good: Simulator, exporters: Callable[..., RunningExporter],  # noqa: F811
+def test_every_failure_at_once(sim_with_good: Simulator, exporters: Callable[..., RunningExporter],
                                ) -> None:
     """All the simulator's broken scenarios in one config: one scrape, one deadline, the
     healthy portal still up, each broken one with its own reasons."""
@@ -398,7 +394,7 @@ def test_every_failure_at_once(sim_with_good: Simulator, exporters: Callable[...
     portals.append(PortalConfig(name="refused", url=f"http://127.0.0.1:{closed_port()}",
                                 auth=ApiKeyAuth(Secret(KEY)), history=True))
     # More calls than the per-host limit (8) hold the one simulator host for the whole
-    # deadline, so raise it: this test is about isolation, test_hardening_load about limits.
+    # deadline, so raise it: this test is about isolation, test_server_load_and_reload about limits.
     ex = exporters(Config(portals=tuple(portals), max_requests_per_host=128))
     answer = ex.scrape()
     assert answer.elapsed < SCRAPE_TIMEOUT

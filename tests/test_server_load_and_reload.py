@@ -1,9 +1,9 @@
-"""Load and faults (issue 4, part 5): many concurrent scrapes, request sharing and per-host
+"""Load and faults: many concurrent scrapes, request sharing and per-host
 limits, config reload under load (SIGHUP and /-/reload), login tokens that expire, get
 revoked or fail, and SIGTERM in the middle of a scrape. Real sockets on 127.0.0.1; the
 signal tests run the CLI as a subprocess.
 
-(429 Retry-After within the deadline is in test_hardening_portals.py:
+(429 Retry-After within the deadline is in test_client_hostile_portals.py:
 test_retry_after_then_success and test_retry_after_beyond_the_deadline_is_not_waited.)
 """
 
@@ -18,26 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hardening_helpers import (
+
+from docspace_simulator import Simulator
+from exporter.config import ApiKeyAuth, Config, PasswordAuth, PortalConfig, Secret
+from tests.harness import (
     Answer,
     ExporterProcess,
     RunningExporter,
     assert_complete,
-    cli_processes,  # noqa: F401 - fixture
     errors,
-    exporters,  # noqa: F401 - fixture
     parse_samples,
     portal_entry,
     request,
-    simulator,  # noqa: F401 - fixture
     start_cli,
     value,
     wait_for,
     write_config,
 )
-
-from exporter.config import ApiKeyAuth, Config, PasswordAuth, PortalConfig, Secret
-from exporter.simulator import Simulator
 
 # schedule, backup_progress, restore_progress (history off), and on the first fetch of the
 # hour settings and tariff.
@@ -67,8 +64,8 @@ def ups(samples: dict[Any, float]) -> dict[str, float]:
 # --- concurrency -------------------------------------------------------------------------------
 
 
-def test_50_concurrent_scrapes_of_20_portals(simulator: Simulator,  # noqa: F811
-                                             exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+def test_50_concurrent_scrapes_of_20_portals(simulator: Simulator,
+                                             exporters: Callable[..., RunningExporter]) -> None:
     sim = simulator
     names = [f"p{i:02d}" for i in range(20)]
     for n in names:
@@ -114,8 +111,8 @@ def test_50_concurrent_scrapes_of_20_portals(simulator: Simulator,  # noqa: F811
     assert ex.app.scraper.upstream_fetches < 50 * 20 / 5
 
 
-def test_per_host_limit_bounds_calls_to_one_portal(simulator: Simulator,  # noqa: F811
-                                                   exporters: Callable[..., RunningExporter]  # noqa: F811
+def test_per_host_limit_bounds_calls_to_one_portal(simulator: Simulator,
+                                                   exporters: Callable[..., RunningExporter]
                                                    ) -> None:
     simulator.add_portal("one", "healthy", latency=0.3)
     ex = exporters(Config(portals=(key_portal(simulator, "one", history=True),),
@@ -129,7 +126,7 @@ def test_per_host_limit_bounds_calls_to_one_portal(simulator: Simulator,  # noqa
 
 
 def test_same_portal_scraped_concurrently_is_fetched_once(
-        simulator: Simulator, exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+        simulator: Simulator, exporters: Callable[..., RunningExporter]) -> None:
     simulator.add_portal("one", "healthy", latency=0.5)
     ex = exporters(Config(portals=(key_portal(simulator, "one"),)))
     with ThreadPoolExecutor(max_workers=10) as pool:
@@ -165,7 +162,7 @@ def clocked_sim() -> Any:
 
 
 def test_token_expiry_revocation_and_relogin(clocked_sim: Simulator,
-                                             exporters: Callable[..., RunningExporter]  # noqa: F811
+                                             exporters: Callable[..., RunningExporter]
                                              ) -> None:
     sim = clocked_sim
     sim.add_portal("pw", "healthy", username="admin@example.com", password="s3cret-pw",
@@ -201,7 +198,7 @@ def test_token_expiry_revocation_and_relogin(clocked_sim: Simulator,
                          ids=["lifetime_below_renew_margin", "portal_clock_2h_behind"])
 def test_token_renewal_does_not_hammer_the_login(
         lifetime: float, skew: float, clocked_sim: Simulator,
-        exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+        exporters: Callable[..., RunningExporter]) -> None:
     """A token shorter-lived than the renew margin, or one whose `expires` is already past
     by our clock: reused across scrapes, never one login per endpoint call."""
     sim = clocked_sim
@@ -217,7 +214,7 @@ def test_token_renewal_does_not_hammer_the_login(
 
 
 def test_failing_login_is_counted_and_backs_off(
-        simulator: Simulator, exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+        simulator: Simulator, exporters: Callable[..., RunningExporter]) -> None:
     sim = simulator
     sim.add_portal("pw", "healthy", username="admin@example.com", password="s3cret-pw")
     sim.add_portal("good", "healthy")
@@ -275,8 +272,8 @@ class Scrapers:
             t.join(timeout=30)
 
 
-def test_reload_under_load(simulator: Simulator, tmp_path: Path,  # noqa: F811
-                           cli_processes: list[ExporterProcess]) -> None:  # noqa: F811
+def test_reload_under_load(simulator: Simulator, tmp_path: Path,
+                           cli_processes: list[ExporterProcess]) -> None:
     sim = simulator
     for n in ("a", "b", "c", "d", "stable1", "stable2"):
         sim.add_portal(n, "healthy", latency=0.05)
@@ -326,8 +323,10 @@ def test_reload_under_load(simulator: Simulator, tmp_path: Path,  # noqa: F811
         assert value(after, "docspace_exporter_config_last_reload_success_timestamp_seconds"
                      ) == ts
         assert set(ups(after)) == sets[-1]
+        # The SIGHUP is handled (its failure is logged once more) before anything is checked.
+        failures = ex.log().count("config reload failed")
         ex.signal(signal.SIGHUP)
-        time.sleep(0.5)
+        assert wait_for(lambda: ex.log().count("config reload failed") > failures), ex.log()
         after = current()
         assert value(after, "docspace_exporter_config_last_reload_successful") == 0.0
         assert ups(after) == dict.fromkeys(sets[-1], 1.0)
@@ -355,8 +354,8 @@ def test_reload_under_load(simulator: Simulator, tmp_path: Path,  # noqa: F811
     assert ex.stop() == 0
 
 
-def test_sigterm_during_a_scrape(simulator: Simulator, tmp_path: Path,  # noqa: F811
-                                 cli_processes: list[ExporterProcess]) -> None:  # noqa: F811
+def test_sigterm_during_a_scrape(simulator: Simulator, tmp_path: Path,
+                                 cli_processes: list[ExporterProcess]) -> None:
     sim = simulator
     sim.add_portal("slow", "slow", slow_seconds=2)
     sim.add_portal("fast", "healthy")

@@ -1,4 +1,4 @@
-"""Hostile clients (issue 4, part 3): what reaches the exporter's own HTTP server, over real
+"""Hostile clients: what reaches the exporter's own HTTP server, over real
 sockets on 127.0.0.1. Bad probes are refused before any request leaves the exporter, bad
 credentials are 401 (never 500), TLS client auth holds, and nothing takes the server down.
 """
@@ -14,27 +14,25 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from hardening_helpers import (
+
+from docspace_simulator import Simulator
+from exporter.config import ApiKeyAuth, Config, PortalConfig, Secret
+from exporter.server import load_web_config
+from tests.harness import (
     Certs,
     RunningExporter,
     assert_complete,
-    exporters,  # noqa: F401 - fixture
     make_certs,
     raw_exchange,
-    simulator,  # noqa: F401 - fixture
     value,
 )
-
-from exporter.config import ApiKeyAuth, Config, PortalConfig, Secret
-from exporter.server import load_web_config
-from exporter.simulator import Simulator
 
 USER = "prometheus"
 PASSWORD = "correct horse battery staple"  # the exporter's own basic-auth password
 
 
 @pytest.fixture
-def config(simulator: Simulator) -> Config:  # noqa: F811
+def config(simulator: Simulator) -> Config:
     simulator.add_portal("main", "healthy")
     simulator.add_portal("other", "healthy")
     return Config(portals=tuple(
@@ -74,8 +72,8 @@ BAD_PROBES = [
 
 
 def test_bad_probe_targets_are_400_and_send_nothing(
-        simulator: Simulator, config: Config,  # noqa: F811
-        exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+        simulator: Simulator, config: Config,
+        exporters: Callable[..., RunningExporter]) -> None:
     ex = exporters(config)
     targets = [*BAD_PROBES,
                # the exact URL of a configured portal is still not a name
@@ -120,8 +118,8 @@ def test_bad_probe_targets_are_400_and_send_nothing(
     ("BREW", "/metrics", {501}),
 ])
 def test_unknown_paths_and_wrong_methods(
-        method: str, path: str, codes: set[int], simulator: Simulator,  # noqa: F811
-        config: Config, exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+        method: str, path: str, codes: set[int], simulator: Simulator,
+        config: Config, exporters: Callable[..., RunningExporter]) -> None:
     ex = exporters(config)
     before = outgoing(simulator)
     answer = ex.get(path, method=method)
@@ -146,8 +144,8 @@ MALFORMED = [
 
 
 def test_malformed_requests_never_500_and_server_survives(
-        simulator: Simulator, config: Config,  # noqa: F811
-        exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+        simulator: Simulator, config: Config,
+        exporters: Callable[..., RunningExporter]) -> None:
     ex = exporters(config)
     for data in MALFORMED:
         # Requests without a line end are never answered; give up on those quickly.
@@ -161,7 +159,7 @@ def test_malformed_requests_never_500_and_server_survives(
     "0", "-1", "abc", "nan", "inf", "-inf", "1e309", "", " ", "3,3", "0x10", "1_0",
 ])
 def test_odd_scrape_timeout_headers(header: str, config: Config,
-                                    exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+                                    exporters: Callable[..., RunningExporter]) -> None:
     ex = exporters(config)
     samples = assert_complete(ex.get("/metrics", {"X-Prometheus-Scrape-Timeout-Seconds": header}))
     assert value(samples, "docspace_up", portal="main") == 1.0
@@ -176,7 +174,7 @@ def test_odd_scrape_timeout_headers(header: str, config: Config,
     ";;;,,,",
 ])
 def test_odd_accept_headers_get_an_exposition(accept: str, config: Config,
-                                              exporters: Callable[..., RunningExporter]  # noqa: F811
+                                              exporters: Callable[..., RunningExporter]
                                               ) -> None:
     ex = exporters(config)
     answer = ex.get("/metrics", {"Accept": accept})
@@ -184,8 +182,8 @@ def test_odd_accept_headers_get_an_exposition(accept: str, config: Config,
     assert b"docspace_up" in answer.body
 
 
-def test_client_that_leaves_mid_scrape(simulator: Simulator, config: Config,  # noqa: F811
-                                       exporters: Callable[..., RunningExporter]  # noqa: F811
+def test_client_that_leaves_mid_scrape(simulator: Simulator, config: Config,
+                                       exporters: Callable[..., RunningExporter]
                                        ) -> None:
     """A scraper that hangs up while its portals are still being asked leaves no damage."""
     simulator.portal("main").latency = 0.5
@@ -238,8 +236,8 @@ BAD_AUTH = [
 
 
 def test_basic_auth_rejects_everything_else_with_401(
-        simulator: Simulator, config: Config, web_config_path: Path,  # noqa: F811
-        exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+        simulator: Simulator, config: Config, web_config_path: Path,
+        exporters: Callable[..., RunningExporter]) -> None:
     ex = exporters(config, web=load_web_config(str(web_config_path)))
     before = outgoing(simulator)
     for path in ("/metrics", "/probe?target=main", "/", "/nope"):
@@ -260,7 +258,7 @@ def test_basic_auth_rejects_everything_else_with_401(
 
 
 def test_basic_auth_with_raw_header_bytes(config: Config, web_config_path: Path,
-                                          exporters: Callable[..., RunningExporter]  # noqa: F811
+                                          exporters: Callable[..., RunningExporter]
                                           ) -> None:
     """Header bytes http.client would refuse to send (latin-1 beyond ASCII, lone CR)."""
     ex = exporters(config, web=load_web_config(str(web_config_path)))
@@ -301,8 +299,8 @@ def client_context(certs: Certs, cert: Path | None = None, key: Path | None = No
 
 
 def test_tls_client_auth_required(
-        simulator: Simulator, config: Config, certs: Certs, tmp_path: Path,  # noqa: F811
-        exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+        simulator: Simulator, config: Config, certs: Certs, tmp_path: Path,
+        exporters: Callable[..., RunningExporter]) -> None:
     web = load_web_config(str(tls_web_config(tmp_path, certs, "RequireAndVerifyClientCert")))
     ex = exporters(config, web=web)
     before = outgoing(simulator)
@@ -331,7 +329,7 @@ def test_tls_client_auth_required(
 
 def test_tls_without_client_auth_still_verifies_nothing_extra(
         config: Config, certs: Certs, tmp_path: Path,
-        exporters: Callable[..., RunningExporter]) -> None:  # noqa: F811
+        exporters: Callable[..., RunningExporter]) -> None:
     """The control: with VerifyClientCertIfGiven a client without a certificate is served,
     and one with a rogue certificate is still refused."""
     web = load_web_config(str(tls_web_config(tmp_path, certs, "VerifyClientCertIfGiven")))

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from docspace_simulator import Simulator
 from exporter.config import Config
-from exporter.simulator import Simulator
-from tests.conftest import portal_config
-from tests.hardening_helpers import value
+from tests.harness import portal_config, value
 
 
 def scrape(sim: Simulator, exporter: Callable[..., Any], scenario: str, *, auth: str = "api_key",

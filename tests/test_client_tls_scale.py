@@ -22,13 +22,12 @@ from typing import Any
 import pytest
 import yaml
 
+from docspace_simulator import Simulator, render_config
 from exporter.client import DocSpaceClient, FetchError, tls_context
 from exporter.collector import Scraper
 from exporter.config import DEFAULT_MAX_PER_HOST, ApiKeyAuth, PortalConfig, Secret
-from exporter.simulator import Simulator, render_config
-from tests.conftest import portal_config
 from tests.deploy_helpers import binary
-from tests.hardening_helpers import cli_processes, start_cli, wait_for  # noqa: F401
+from tests.harness import portal_config, start_cli, wait_for
 
 
 @dataclass
@@ -243,7 +242,7 @@ def _write_config(sim: Simulator, path: Path, ca: Path) -> None:
 
 def test_connections_opened_at_start_and_after_reload(
         tls_sim: Simulator, certs: CertSet, tmp_path: Path,
-        cli_processes: list[Any]) -> None:  # noqa: F811
+        cli_processes: list[Any]) -> None:
     """Before any scrape, the exporter has opened (TLS handshake done) one connection per
     call of each portal; the first scrape then opens none. A portal added by a reload gets
     its connections without waiting for a scrape."""
@@ -310,11 +309,11 @@ def test_warm_leaves_portals_a_scrape_is_calling_alone(tls_sim: Simulator,
 
 def test_simulator_cli_serves_https_on_a_port_per_portal(certs: CertSet, tmp_path: Path
                                                          ) -> None:
-    """`python -m exporter.simulator --port-per-portal --tls-cert/--tls-key` (what the
+    """`python -m docspace_simulator --port-per-portal --tls-cert/--tls-key` (what the
     benchmark runs): each portal's URL is HTTPS on a port of its own, and answers."""
     cfg = tmp_path / "sim.yaml"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter.simulator", "--portals", "2", "--port-per-portal",
+        [sys.executable, "-m", "docspace_simulator", "--portals", "2", "--port-per-portal",
          "--tls-cert", str(certs.good[0]), "--tls-key", str(certs.good[1]),
          "--write-config", str(cfg)], stdout=subprocess.PIPE, text=True)
     try:

@@ -9,10 +9,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
+from docspace_simulator import Simulator
 from exporter.collector import SIDE_REFRESH, DocSpaceCollector, Scraper
 from exporter.config import PortalConfig, parse_config
-from exporter.simulator import Simulator
-from tests.conftest import portal_config
+from tests.harness import portal_config
 
 BACKUP_ENDPOINTS = ("schedule", "backup_progress", "restore_progress", "history")
 

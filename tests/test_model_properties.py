@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis, issue 4 part 2): whatever JSON a portal sends, the parsers
+"""Property-based tests (hypothesis): whatever JSON a portal sends, the parsers
 give a valid result or ParseError, metrics.portal_families renders it, and the collector never
 raises.
 """
@@ -161,7 +161,14 @@ def test_parse_history(present: bool, response: Any) -> None:
     if h is None:
         return
     assert isinstance(h, History)
-    assert h.backups >= 0
+    if not present:  # no `response`: no copies, whatever else was sent
+        assert (h.backups, h.last_created) == (0, None)
+        return
+    # Every record is one copy; the newest parsable createdOn wins (the list has no order).
+    assert h.backups == len(response)
+    created = [t for t in (parse_datetime(rec.get("createdOn")) for rec in response)
+               if t is not None]
+    assert h.last_created == (max(created) if created else None)
     assert h.last_created is None or math.isfinite(h.last_created)
 
 
@@ -244,7 +251,7 @@ def test_portal_families_never_raise_and_render(portals: list[PortalData], now: 
             return families
 
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(Fixed())  # type: ignore[arg-type]
+    reg.register(Fixed())
     text = generate_latest(reg).decode()
     samples = [s for fam in text_string_to_metric_families(text) for s in fam.samples]
     ups = {s.labels["portal"]: s.value for s in samples if s.name == "docspace_up"}
@@ -300,7 +307,8 @@ ANSWERS = st.tuples(st.booleans(), json_values | schedules | tasks | history_lis
 @pytest.fixture(scope="module")
 def scraper() -> Iterator[Scraper]:
     # One worker pool for all examples (a pool per example would cost threads, not coverage).
-    s = Scraper(max_workers=8, client_factory=FakeClient)
+    # FakeClient answers like DocSpaceClient without being one (duck-typed stand-in).
+    s = Scraper(max_workers=8, client_factory=FakeClient)  # type: ignore[arg-type]
     yield s
     s.close()
 
@@ -327,5 +335,5 @@ def test_collector_never_raises(scraper: Scraper, plans: list[dict[str, Any]]) -
         def collect(self) -> Any:
             return families
 
-    reg.register(Fixed())  # type: ignore[arg-type]
+    reg.register(Fixed())
     list(text_string_to_metric_families(generate_latest(reg).decode()))

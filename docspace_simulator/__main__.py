@@ -1,0 +1,3 @@
+from docspace_simulator.cli import main
+
+raise SystemExit(main())
