@@ -175,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # HTTPS portals: GC ~450 -> ~290 ms, CPU ~13% less per scrape (benchmarks/README.md).
         warming.wait()
         gc.freeze()
+        log.info("connections opened ahead of the first scrape",
+                 extra={"portals": len(cfg.portals)})
 
     threading.Thread(target=freeze_when_warm, name="gc-freeze", daemon=True).start()
     try:

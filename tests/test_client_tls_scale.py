@@ -254,6 +254,10 @@ def test_connections_opened_at_start_and_after_reload(
     cli_processes.append(ex)
     # 4 per portal: the 3 backup calls and the job that reads settings, then tariff.
     assert wait_for(lambda: tls_sim.connections_opened >= 20, 20), tls_sim.connections_opened
+    # The simulator counts a connection when it accepts it; the warm-up hands a portal's
+    # connections to its pool only after their handshakes. A scrape sent in between would
+    # open connections of its own, so wait for the exporter to say the warm-up is over.
+    assert wait_for(lambda: "connections opened ahead" in ex.log(), 20), ex.log()
     assert tls_sim.request_count() == 0  # a connection, not a request
     answer = ex.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "5"})
     assert answer.status == 200
