@@ -67,7 +67,6 @@ def wall_clock() -> float:
     return time.time()
 
 
-
 def _retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
