@@ -10,7 +10,7 @@ import pytest
 import requests
 import urllib3
 
-from exporter.client import REASONS, _classify_exception
+from exporter.errors import REASONS, classify
 
 SECRET = "sk-0123456789abcdef-do-not-log"
 URL = f"https://docspace.example/api/2.0/backup/getbackupschedule?key={SECRET}"
@@ -44,7 +44,7 @@ ROWS: list[tuple[str, BaseException, str]] = [
 
 @pytest.mark.parametrize("exc,reason", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
 def test_reason_by_exception(exc: BaseException, reason: str) -> None:
-    error = _classify_exception(exc)
+    error = classify(exc)
     assert error.reason == reason
     assert error.reason in REASONS
     # The message is the classifier's own words: nothing of the exception (URL, key) leaks.

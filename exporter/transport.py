@@ -1,0 +1,373 @@
+"""The one HTTP path of the DocSpace client: requests prepares each call, which goes straight
+to the urllib3 pool of the session's adapter; connections the deadline watchdog can cut; one
+shared SSLContext per verification setting; connections opened ahead (warm)."""
+
+from __future__ import annotations
+
+import http.client
+import http.cookiejar
+import os
+import ssl
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util.ssl_ import create_urllib3_context
+from urllib3.util.wait import wait_for_read
+
+from exporter import __version__
+from exporter.config import PortalConfig
+from exporter.errors import FetchError, classify, classify_body
+from exporter.watchdog import watch
+
+CHUNK = 64 * 1024
+
+
+def _readable(sock: Any) -> bool:
+    return bool(wait_for_read(sock, timeout=0.0))
+
+
+class WatchedConnection(HTTPConnection):
+    """The one connection class: it hands its socket to the watchdog of the call using it
+    (exporter.watchdog), on connect and on each request (a kept-alive connection is not
+    connected again). WatchedHTTPSConnection is its HTTPS variant."""
+
+    def connect(self) -> None:
+        super().connect()
+        watch(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        watch(self.sock)
+        super().request(*args, **kwargs)
+
+
+class WatchedHTTPSConnection(WatchedConnection, HTTPSConnection):
+    @property
+    def is_connected(self) -> bool:
+        """urllib3's test (an idle socket with something to read was dropped), except for
+        TLS records without data: a TLS 1.3 server sends its session tickets after the
+        handshake, and a connection opened ahead of use (DocSpaceClient.warm) has not read
+        them yet. They are read here; the connection then counts as open."""
+        sock = self.sock
+        if sock is None:
+            return False
+        if not _readable(sock):
+            return True
+        if not isinstance(sock, ssl.SSLSocket):
+            return False
+        timeout = sock.gettimeout()
+        try:
+            sock.setblocking(False)
+            for _ in range(8):
+                try:
+                    sock.recv(1)
+                except ssl.SSLWantReadError:
+                    if not _readable(sock):
+                        return True
+                    continue
+                return False  # the peer closed, or sent bytes nobody asked for
+            return False
+        except OSError:
+            return False
+        finally:
+            try:
+                sock.settimeout(timeout)
+            except OSError:
+                pass
+
+
+
+_POOLS = {
+    "http": type("WatchedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": WatchedConnection}),
+    "https": type("WatchedHTTPSPool", (HTTPSConnectionPool,),
+                  {"ConnectionCls": WatchedHTTPSConnection}),
+}
+
+
+class _SharedContext(ssl.SSLContext):
+    """An SSLContext that many pools and threads use at once.
+
+    urllib3 sets the ALPN list on the context for every connection it opens (and the verify
+    mode, to the value it already has). On a context of its own that is harmless; on a
+    shared one, replacing the ALPN list frees the buffer another thread's handshake may be
+    copying (CPython creates the SSL object without the GIL). It is set once here, and
+    setting the same list again is a no-op.
+    """
+
+    _alpn: tuple[str, ...] = ()
+
+    def set_alpn_protocols(self, alpn_protocols: Any) -> None:
+        protocols = tuple(alpn_protocols)
+        if protocols != self._alpn:
+            super().set_alpn_protocols(list(protocols))
+            self._alpn = protocols
+
+
+_CONTEXTS: weakref.WeakValueDictionary[tuple[Any, ...], ssl.SSLContext] = (
+    weakref.WeakValueDictionary())
+_CONTEXTS_LOCK = threading.Lock()
+_ALPN = list(getattr(urllib3.util.ssl_, "ALPN_PROTOCOLS", ["http/1.1"]))
+
+
+def tls_context(portal: PortalConfig) -> ssl.SSLContext | None:
+    """The one client SSLContext for the portal's verification setting, shared by every
+    portal with the same setting: the default CA bundle (requests': certifi's), each
+    `ca_file`, or `insecure_skip_verify`.
+
+    Without it urllib3 builds a context and loads the whole CA bundle for every new
+    connection: ~24 ms of CPU and a few hundred kB each, 3000 times at 1000 HTTPS portals.
+    The context is what urllib3 would build (create_urllib3_context, the same CA file), so
+    verification is exactly as strict. A `ca_file` is keyed by its path and file identity,
+    so a CA file replaced before a reload is read again. None when the CA file cannot be
+    loaded: then urllib3 loads it per connection, as before, and the call fails as `tls`.
+    """
+    if portal.insecure_skip_verify:
+        key: tuple[Any, ...] = ("insecure",)
+        where = None
+    else:
+        where = portal.ca_file or requests.utils.extract_zipped_paths(
+            requests.utils.DEFAULT_CA_BUNDLE_PATH)
+        try:
+            st = os.stat(where)
+        except OSError:
+            return None
+        key = ("verify", where, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _CONTEXTS_LOCK:
+        ctx = _CONTEXTS.get(key)
+        if ctx is not None:
+            return ctx
+        try:
+            ctx = create_urllib3_context(
+                cert_reqs=ssl.CERT_NONE if where is None else ssl.CERT_REQUIRED)
+            ctx.__class__ = _SharedContext
+            if where is not None:
+                if os.path.isdir(where):
+                    ctx.load_verify_locations(capath=where)
+                else:
+                    ctx.load_verify_locations(cafile=where)
+            ctx.set_alpn_protocols(_ALPN)
+        except (OSError, ValueError, TypeError):  # ssl.SSLError is an OSError; TypeError:
+            return None  # a context urllib3 made of another class (pyOpenSSL): as before
+        _CONTEXTS[key] = ctx
+        return ctx
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter, with connections that a call's watchdog can cut, and TLS through
+    one shared SSLContext (tls_context) instead of one built per connection."""
+
+    def __init__(self, *args: Any, ssl_context: ssl.SSLContext | None = None,
+                 **kwargs: Any) -> None:
+        self._tls = ssl_context  # before super().__init__, which calls init_poolmanager
+        super().__init__(*args, **kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        if self._tls is not None:
+            kwargs["ssl_context"] = self._tls
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def build_connection_pool_key_attributes(self, request: Any, verify: Any,
+                                             cert: Any = None) -> Any:
+        # requests >= 2.32.2: pools get the shared context (proxied ones too) instead of a
+        # CA path that urllib3 would load for every connection.
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert)
+        if self._tls is not None and host_params.get("scheme") == "https":
+            pool_kwargs["ssl_context"] = self._tls
+            pool_kwargs.pop("ca_certs", None)
+            pool_kwargs.pop("ca_cert_dir", None)
+        return host_params, pool_kwargs
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        super().cert_verify(conn, url, verify, cert)  # checks the path, sets cert_reqs
+        if self._tls is not None and getattr(conn, "conn_kw", {}).get("ssl_context") is self._tls:
+            # The CAs are in the shared context; a path here would be loaded into it
+            # again on every connection.
+            conn.ca_certs = None
+            conn.ca_cert_dir = None
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS pools are their own classes
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
+def new_session(portal: PortalConfig, pool_size: int) -> requests.Session:
+    s = requests.Session()
+    # Environment proxies are honoured, but netrc is not: with trust_env requests
+    # would put ~/.netrc credentials in place of our Authorization header.
+    proxies = requests.utils.get_environ_proxies(portal.url)
+    s.trust_env = False
+    s.proxies.update(proxies)
+    # Authentication is by header only. Login also sets the asc_auth_key cookie, and
+    # DocSpace prefers a cookie over the header: a stale cookie would outvote a fresh
+    # token, so the session keeps no cookies at all.
+    s.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    # No automatic retries: one call per endpoint per scrape. A retry would hide a
+    # flaky portal and double its load; the next scrape is the retry.
+    tls = tls_context(portal) if portal.url.lower().startswith("https:") else None
+    adapter = _Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0,
+                       ssl_context=tls)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    if portal.insecure_skip_verify:
+        s.verify = False
+    elif portal.ca_file:
+        s.verify = portal.ca_file
+    s.headers.update({
+        "User-Agent": f"docspace-backup-exporter/{__version__}",
+        "Accept": "application/json",
+        "Accept-Encoding": "gzip, deflate",
+    })
+    return s
+
+
+class _Target(NamedTuple):
+    """Where a prepared request goes: the adapter's pool, the request target, headers, body."""
+
+    pool: Any  # urllib3 HTTP(S)ConnectionPool
+    url: str
+    headers: dict[str, str]
+    body: Any
+
+
+class Transport:
+    """Sends every call of one client (GETs and the login POST alike) to the urllib3 pool of
+    the session's requests adapter, as Session.send with allow_redirects=False would: one
+    attempt, no redirect (credentials never travel to a URL that is not in the config), no
+    cookies, the answer streamed.
+
+    requests prepares each request (URL, params, session and auth headers, JSON body) and
+    owns the pool: TLS settings, proxies, the watched connections. Session.request would redo
+    the preparation, pool lookup, URL parsing and Response building on every call: measured
+    (benchmarks/client_cpu.py), going to the pool directly takes ~45% off the client's CPU
+    per call. A prepared GET is kept for the next scrape (they never change between scrapes
+    but for a new login token)."""
+
+    def __init__(self, session: requests.Session, url: str) -> None:
+        if not isinstance(session.get_adapter(url), HTTPAdapter):
+            raise TypeError("the session must send through a requests HTTPAdapter")
+        self.session = session
+        self._prepared: dict[tuple[Any, ...], _Target] = {}
+
+    def send(self, method: str, url: str, params: dict[str, str] | None, json_body: Any,
+             headers: dict[str, str], timeout: float) -> Any:
+        """-> the urllib3 response, body not read yet. Raises FetchError."""
+        key = (method, url, tuple(params.items()) if params else (), tuple(headers.items()))
+        target = self._prepared.get(key) if json_body is None else None
+        if target is None or target.pool.pool is None:  # new, or its pool was closed
+            target = self._prepare(method, url, params, json_body, headers)
+            if json_body is None:  # a login body (the password) is never kept
+                if len(self._prepared) >= 16:  # old login tokens
+                    self._prepared.clear()
+                self._prepared[key] = target
+        try:
+            return target.pool.urlopen(
+                method, target.url, body=target.body, headers=target.headers, retries=False,
+                redirect=False, assert_same_host=False, preload_content=False,
+                decode_content=False, timeout=urllib3.Timeout(connect=timeout, read=timeout))
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+            raise classify(exc) from None
+
+    def _prepare(self, method: str, url: str, params: dict[str, str] | None, json_body: Any,
+                 headers: dict[str, str]) -> _Target:
+        s = self.session
+        try:
+            prepared = s.prepare_request(requests.Request(method, url, params=params,
+                                                          json=json_body, headers=headers))
+        except (requests.RequestException, ValueError) as exc:
+            raise classify(exc) from None
+        adapter, pool = self.pool(prepared)
+        return _Target(pool, adapter.request_url(prepared, s.proxies), dict(prepared.headers),
+                       prepared.body)
+
+    def pool(self, prepared: requests.PreparedRequest) -> tuple[HTTPAdapter, Any]:
+        """The session adapter's urllib3 pool for a prepared request, as HTTPAdapter.send
+        finds it (TLS settings and proxies applied)."""
+        s = self.session
+        url = prepared.url or ""
+        verify = True if s.verify is None else s.verify
+        adapter = s.get_adapter(url)
+        assert isinstance(adapter, HTTPAdapter)  # __init__
+        try:
+            pool = adapter.get_connection_with_tls_context(prepared, verify, s.proxies, s.cert)
+        except requests.RequestException as exc:
+            raise classify(exc) from None
+        try:
+            adapter.cert_verify(pool, url, verify, s.cert)
+        except OSError:  # requests: the CA file or directory is not there
+            raise FetchError("tls", "the CA file cannot be read") from None
+        return adapter, pool
+
+    def warm(self, url: str, want: int, timeout: float,
+             stop: Callable[[], bool]) -> tuple[int, FetchError | None]:
+        """Open up to `want` connections of the pool for `url` ahead of use (TCP and TLS
+        handshake); open ones count as done. Stops early when stop() says so, or at the
+        first failure. -> (how many were opened, the failure); the pool keeps them."""
+        conns: list[Any] = []
+        opened = 0
+        error: FetchError | None = None
+        pool = None
+        try:
+            prepared = self.session.prepare_request(requests.Request("GET", url))
+            _, pool = self.pool(prepared)
+            for _ in range(want):
+                if stop():
+                    break
+                conn = pool._get_conn()
+                conns.append(conn)
+                if getattr(conn, "sock", None) is None:
+                    conn.timeout = timeout
+                    conn.connect()
+                    opened += 1
+        except Exception as exc:  # noqa: BLE001 - warming must never raise
+            if conns:
+                conns[-1].close()
+            error = exc if isinstance(exc, FetchError) else classify(exc)
+        finally:
+            for conn in conns:
+                pool._put_conn(conn)  # type: ignore[union-attr]
+        return opened, error
+
+
+def read_body(resp: Any, limit: int, deadline: float, timer: Callable[[], float]) -> bytes:
+    """Read the body with the deadline bounding the whole read, not each socket read.
+
+    The loop checks the deadline between reads; a read blocked at the deadline is ended by
+    the call's Watchdog (the connection's socket is not reachable from here: http.client
+    drops `connection.sock` once the response has begun)."""
+    length = resp.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > limit:
+        raise FetchError("invalid_response", f"answer larger than {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            if deadline - timer() <= 0:
+                raise FetchError("timeout", "answer not complete before the deadline")
+            chunk = resp.read1(CHUNK, decode_content=True)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise FetchError("invalid_response", f"answer larger than {limit} bytes")
+            chunks.append(chunk)
+    except FetchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - urllib3/socket errors mid-body
+        raise classify_body(exc) from None
+    return b"".join(chunks)
+
+
+def close(resp: Any) -> None:
+    """What requests.Response.close() does for a streamed answer."""
+    resp.close()
+    resp.release_conn()
