@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -14,10 +13,12 @@ from urllib.parse import urlsplit
 from prometheus_client.registry import Collector
 
 from exporter import __version__, logs, metrics
-from exporter.client import DocSpaceClient, FetchError, wall_clock
+from exporter.client import DocSpaceClient, FetchError
+from exporter.clock import monotonic, wall_clock
 from exporter.config import DEFAULT_MAX_CONCURRENCY, Config, PortalConfig
-from exporter.metrics import SIDE_ENDPOINTS, PortalData
+from exporter.endpoints import BY_NAME, TABLE
 from exporter.model import PortalSettings, Task
+from exporter.results import PortalData, value
 from exporter.schedule import zone
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,9 @@ class Scraper:
         *,
         max_workers: int = DEFAULT_MAX_CONCURRENCY,
         max_requests_per_host: int = 8,
-        timer: Callable[[], float] = time.monotonic,
+        timer: Callable[[], float] = monotonic,
         client_factory: Callable[..., DocSpaceClient] = DocSpaceClient,
-        cache_timer: Callable[[], float] = time.monotonic,
+        cache_timer: Callable[[], float] = monotonic,
     ) -> None:
         self._timer = timer
         self._cache_timer = cache_timer
@@ -193,19 +194,15 @@ class Scraper:
             self._inflight[portal.name] = fetch
             self.upstream_fetches += 1
         client = self._client(portal)
+        # Each endpoint is read by the client method of its name.
         calls: list[tuple[str, Callable[[float], Any]]] = [
-            ("schedule", client.schedule),
-            ("backup_progress", client.backup_progress),
-            ("restore_progress", client.restore_progress),
-        ]
-        if portal.history:
-            calls.append(("history", client.history))
+            (e.name, getattr(client, e.name)) for e in TABLE
+            if not e.side and (portal.history or not e.needs_history)]
         # Settings and tariff (hourly) run one after the other in one job beside the backup
         # calls: a portal then needs one connection more than the backup calls, not two, so
         # the hourly read neither opens (TLS handshake) nor parks an extra connection.
-        side = [(endpoint, fn) for endpoint, fn in
-                (("settings", client.settings), ("tariff", client.tariff))
-                if self._side_due(portal, endpoint)]
+        side = [(e.name, getattr(client, e.name)) for e in TABLE
+                if e.side and self._side_due(portal, e.name)]
         fetch.remaining = len(calls) + len(side)
         for endpoint, fn in calls:
             try:
@@ -283,7 +280,7 @@ class Scraper:
         login_counted = False
         failures: list[tuple[str, str, str]] = []  # endpoint, reason, message
         for endpoint, fut in fetch.futures.items():
-            if endpoint in SIDE_ENDPOINTS:
+            if BY_NAME[endpoint].side:
                 self._side_store(fetch.portal, endpoint, fut)
             exc = fut.exception() if not fut.cancelled() else None
             if exc is None:
@@ -354,22 +351,22 @@ class Scraper:
         data = PortalData(name=p.name, url=p.url, duration=0.0)
         for endpoint, fut in fetch.futures.items():
             if not fut.done():
-                data.failed[endpoint] = "timeout"
+                data.fail(endpoint, "timeout")
                 continue
             exc = fut.exception() if not fut.cancelled() else None
             if exc is None:
-                data.ok[endpoint] = fut.result()
+                data.answer(endpoint, fut.result())
             else:
-                data.failed[endpoint] = _as_fetch_error(exc, p.name, endpoint).reason
+                data.fail(endpoint, _as_fetch_error(exc, p.name, endpoint).reason)
         if not fetch.futures:
-            data.failed["schedule"] = "connection"
+            data.fail("schedule", "connection")
         # Settings and tariff not read in this fetch come from the hourly cache (the one
         # documented cache); one whose read failed in this fetch is left out.
-        for endpoint in SIDE_ENDPOINTS:
-            if endpoint not in fetch.futures and fetch.futures:
-                cached = self._side_value(p, endpoint)
+        for e in TABLE:
+            if e.side and e.name not in fetch.futures and fetch.futures:
+                cached = self._side_value(p, e.name)
                 if cached is not None:
-                    data.ok[endpoint] = cached
+                    data.answer(e.name, cached)
         data.zone = self._zone(p, data)
         finished = fetch.finished if fetch.done.is_set() and fetch.finished else now
         # A scrape that joined a fetch another one started reports the fetch's duration.
@@ -384,9 +381,7 @@ class Scraper:
             return p.timezone
         if p.dump:
             return "UTC"
-        settings = data.ok.get("settings")
-        if not isinstance(settings, PortalSettings):
-            settings = self._side_value(p, "settings")
+        settings = value(data.settings) or self._side_value(p, "settings")
         if isinstance(settings, PortalSettings) and zone(settings.timezone) is not None:
             return settings.timezone
         return None

@@ -234,9 +234,9 @@ def portal_data(draw: st.DrawFn) -> PortalData:
     for endpoint, (parser, strategy) in producers.items():
         outcome = draw(st.sampled_from(["ok", "failed", "absent"]))
         if outcome == "ok":
-            data.ok[endpoint] = parsed(parser, draw(st.booleans()), draw(strategy))
+            data.answer(endpoint, parsed(parser, draw(st.booleans()), draw(strategy)))
         elif outcome == "failed":
-            data.failed[endpoint] = draw(REASONS)
+            data.fail(endpoint, draw(REASONS))
     return data
 
 
