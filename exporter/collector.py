@@ -19,6 +19,9 @@ from exporter.config import DEFAULT_MAX_CONCURRENCY, Config, PortalConfig
 from exporter.endpoints import BY_NAME, TABLE
 from exporter.model import PortalSettings, Task
 from exporter.results import PortalData, value
+from exporter.sidecache import SIDE_REFRESH, SideCache
+
+__all__ = ["SIDE_REFRESH", "DocSpaceCollector", "ExporterCollector", "Scraper"]
 from exporter.schedule import zone
 
 log = logging.getLogger(__name__)
@@ -27,21 +30,6 @@ log = logging.getLogger(__name__)
 SCRAPE_TIMEOUT_OFFSET = 0.5
 # Each call must give up a little before the scrape's end so its error is known in time.
 CALL_MARGIN = 0.05
-# Settings (time zone, version) and tariff change rarely: each is read at most once per this
-# many seconds per portal, and again on the next scrape after a failed read (contract 5a).
-SIDE_REFRESH = 3600.0
-
-
-class _Side:
-    """The last read of a slow-changing endpoint (settings or tariff) of one portal."""
-
-    __slots__ = ("value", "read_at", "failed")
-
-    def __init__(self) -> None:
-        self.value: Any = None  # last successful answer, kept across a failed refresh
-        self.read_at: float | None = None  # cache_timer() of the last successful read
-        self.failed = False  # the last attempt failed: retry on the next scrape
-
 # Threads that open portal connections ahead of the first scrape (Scraper.warm): enough to
 # open 3000 TLS connections in a few seconds, few enough to leave a scrape its CPU.
 WARM_THREADS = 8
@@ -75,9 +63,8 @@ class Scraper:
         cache_timer: Callable[[], float] = monotonic,
     ) -> None:
         self._timer = timer
-        self._cache_timer = cache_timer
-        # portal name -> (its config, endpoint -> _Side); guarded by self._lock
-        self._side: dict[str, tuple[PortalConfig, dict[str, _Side]]] = {}
+        # settings and tariff, read at most hourly (cache_timer is its clock)
+        self._side = SideCache(cache_timer)
         self._client_factory = client_factory
         self._max_per_host = max_requests_per_host
         self._pool = ThreadPoolExecutor(max_workers=max_workers,
@@ -125,9 +112,7 @@ class Scraper:
             for key in list(self._errors):
                 if key[0] not in keep:
                     del self._errors[key]
-            for name in list(self._side):
-                if name not in keep or self._side[name][0] != keep[name]:
-                    del self._side[name]
+        self._side.retain(keep)
         self.failure_log.retain(keep)
 
     def warm(self, portals: Iterable[PortalConfig]) -> threading.Event:
@@ -202,7 +187,7 @@ class Scraper:
         # calls: a portal then needs one connection more than the backup calls, not two, so
         # the hourly read neither opens (TLS handshake) nor parks an extra connection.
         side = [(e.name, getattr(client, e.name)) for e in TABLE
-                if e.side and self._side_due(portal, e.name)]
+                if e.side and self._side.due(portal, e.name)]
         fetch.remaining = len(calls) + len(side)
         for endpoint, fn in calls:
             try:
@@ -233,39 +218,6 @@ class Scraper:
                     fut.set_exception(FetchError("connection", "exporter is shutting down"))
         return fetch
 
-    def _side_entries(self, portal: PortalConfig) -> dict[str, _Side]:
-        """The portal's cache entries (self._lock held); a changed config (another URL or
-        credentials) starts them afresh."""
-        held = self._side.get(portal.name)
-        if held is None or held[0] != portal:
-            held = self._side[portal.name] = (portal, {})
-        return held[1]
-
-    def _side_due(self, portal: PortalConfig, endpoint: str) -> bool:
-        """Whether settings/tariff must be read in this fetch: never read, last read failed,
-        or an hour passed since the last successful read."""
-        with self._lock:
-            side = self._side_entries(portal).get(endpoint)
-            if side is None or side.failed or side.read_at is None:
-                return True
-            return self._cache_timer() - side.read_at >= SIDE_REFRESH
-
-    def _side_store(self, portal: PortalConfig, endpoint: str, fut: Future[Any]) -> None:
-        ok = not fut.cancelled() and fut.exception() is None
-        with self._lock:
-            side = self._side_entries(portal).setdefault(endpoint, _Side())
-            if ok:
-                side.value = fut.result()
-                side.read_at = self._cache_timer()
-                side.failed = False
-            else:
-                side.failed = True
-
-    def _side_value(self, portal: PortalConfig, endpoint: str) -> Any:
-        with self._lock:
-            side = self._side_entries(portal).get(endpoint)
-            return None if side is None else side.value
-
     def _call_done(self, fetch: _Fetch, endpoint: str, fut: Future[Any]) -> None:
         with fetch.lock:
             fetch.remaining -= 1
@@ -281,7 +233,8 @@ class Scraper:
         failures: list[tuple[str, str, str]] = []  # endpoint, reason, message
         for endpoint, fut in fetch.futures.items():
             if BY_NAME[endpoint].side:
-                self._side_store(fetch.portal, endpoint, fut)
+                ok = not fut.cancelled() and fut.exception() is None
+                self._side.store(fetch.portal, endpoint, ok, fut.result() if ok else None)
             exc = fut.exception() if not fut.cancelled() else None
             if exc is None:
                 task = fut.result()
@@ -364,7 +317,7 @@ class Scraper:
         # documented cache); one whose read failed in this fetch is left out.
         for e in TABLE:
             if e.side and e.name not in fetch.futures and fetch.futures:
-                cached = self._side_value(p, e.name)
+                cached = self._side.value(p, e.name)
                 if cached is not None:
                     data.answer(e.name, cached)
         data.zone = self._zone(p, data)
@@ -381,7 +334,7 @@ class Scraper:
             return p.timezone
         if p.dump:
             return "UTC"
-        settings = value(data.settings) or self._side_value(p, "settings")
+        settings = value(data.settings) or self._side.value(p, "settings")
         if isinstance(settings, PortalSettings) and zone(settings.timezone) is not None:
             return settings.timezone
         return None

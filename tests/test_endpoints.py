@@ -4,9 +4,11 @@ holds one typed outcome per endpoint."""
 from __future__ import annotations
 
 import http.server
+import re
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -135,3 +137,20 @@ def test_table_flags() -> None:
     assert [e.name for e in TABLE if e.needs_history] == ["history"]
     assert all(e.dump != e.side for e in TABLE)
     assert BY_NAME["settings"].path == "/settings"
+
+
+SAMPLE = re.compile(r"docspace_\w+\{.*\} \S+")
+
+
+def test_sample_output_in_docstrings_is_real_exposition() -> None:
+    """Each endpoint function's sample lines are lines of the golden exposition."""
+    golden = (Path(__file__).parent / "golden" / "metrics.prom").read_text().splitlines()
+    functions = [metrics.up_families, metrics.schedule_families, metrics.task_families,
+                 metrics.history_families, metrics.settings_families, metrics.tariff_families,
+                 metrics.error_family]
+    for fn in functions:
+        samples = [line.strip() for line in (fn.__doc__ or "").splitlines()
+                   if SAMPLE.fullmatch(line.strip())]
+        assert samples, fn.__name__
+        missing = [s for s in samples if s not in golden]
+        assert not missing, (fn.__name__, missing)
