@@ -19,10 +19,10 @@ from exporter.config import DEFAULT_MAX_CONCURRENCY, Config, PortalConfig
 from exporter.endpoints import BY_NAME, TABLE
 from exporter.model import PortalSettings, Task
 from exporter.results import PortalData, value
+from exporter.schedule import zone
 from exporter.sidecache import SIDE_REFRESH, SideCache
 
 __all__ = ["SIDE_REFRESH", "DocSpaceCollector", "ExporterCollector", "Scraper"]
-from exporter.schedule import zone
 
 log = logging.getLogger(__name__)
 
