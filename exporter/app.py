@@ -13,7 +13,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import status
-from exporter.client import wall_clock
+from exporter.clock import wall_clock
 from exporter.collector import DocSpaceCollector, ExporterCollector, Scraper
 from exporter.config import DEFAULT_MAX_CONCURRENCY, Config, ConfigError
 

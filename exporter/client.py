@@ -12,7 +12,9 @@ from typing import Any
 
 import requests
 
+from exporter.clock import monotonic, wall_clock
 from exporter.config import ApiKeyAuth, PasswordAuth, PortalConfig, TokenAuth
+from exporter.endpoints import API, BY_NAME
 from exporter.errors import REASONS, STATUS_REASONS, FetchError
 from exporter.model import (
     History,
@@ -22,12 +24,7 @@ from exporter.model import (
     Tariff,
     Task,
     decode_envelope,
-    parse_history,
     parse_login,
-    parse_schedule,
-    parse_settings,
-    parse_tariff,
-    parse_task,
 )
 from exporter.transport import Transport, close, new_session, read_body, tls_context
 from exporter.watchdog import CURRENT, Watchdog
@@ -37,19 +34,6 @@ __all__ = ["REASONS", "STATUS_REASONS", "DocSpaceClient", "FetchError", "tls_con
 
 log = logging.getLogger(__name__)
 
-API = "/api/2.0"
-ENDPOINT_PATHS = {
-    "schedule": "/backup/getbackupschedule",
-    "backup_progress": "/backup/getbackupprogress",
-    "restore_progress": "/backup/getrestoreprogress",
-    "history": "/backup/getbackuphistory",
-    # Served by the web API, not the backup service (docspace-api.md section 15); the
-    # collector reads them at most once an hour per portal.
-    "settings": "/settings",
-    "tariff": "/portal/tariff",
-}
-# Endpoints that take the Dump flag; settings and tariff do not.
-DUMP_ENDPOINTS = ("schedule", "backup_progress", "restore_progress", "history")
 # A login that failed is not retried for this long, so a wrong password does not
 # turn every scrape into a login attempt (DocSpace locks accounts on brute force).
 LOGIN_BACKOFF_START = 5.0
@@ -59,12 +43,6 @@ TOKEN_RENEW_MARGIN = 60.0
 # Longest Retry-After we will wait inside one scrape; beyond it the call fails as
 # rate_limited and the next scrape tries again.
 MAX_RETRY_AFTER = 5.0
-
-
-def wall_clock() -> float:
-    """time.time() looked up at each call, so freezegun's patch reaches it. Deadlines use
-    the real time.monotonic on purpose: a frozen timer would never let a deadline pass."""
-    return time.time()
 
 
 def _retry_after(value: str | None, now: float) -> float | None:
@@ -89,7 +67,7 @@ class DocSpaceClient:
         *,
         session: requests.Session | None = None,
         clock: Callable[[], float] | None = None,
-        timer: Callable[[], float] = time.monotonic,
+        timer: Callable[[], float] = monotonic,
         sleep: Callable[[float], None] = time.sleep,
         host_limit: threading.BoundedSemaphore | None = None,
         # The most calls one scrape makes at once: the three backup endpoints, history, and
@@ -300,9 +278,10 @@ class DocSpaceClient:
         return opened
 
     def get(self, endpoint: str, deadline: float) -> tuple[bool, Any]:
-        """GET one backup endpoint -> decoded envelope. Raises FetchError."""
-        params = {"Dump": "true"} if self.portal.dump and endpoint in DUMP_ENDPOINTS else None
-        path = API + ENDPOINT_PATHS[endpoint]
+        """GET one endpoint of the table -> decoded envelope. Raises FetchError."""
+        ep = BY_NAME[endpoint]
+        params = {"Dump": "true"} if self.portal.dump and ep.dump else None
+        path = API + ep.path
         if self.needs_login():
             # No token yet, or DocSpace's `expires` is near: log in before the call
             # rather than spend a round trip on a certain 401.
@@ -318,26 +297,27 @@ class DocSpaceClient:
         return self._call("GET", path, deadline, params=params, auth_header=self._auth_header())
 
     def schedule(self, deadline: float) -> Schedule | None:
-        return self._parsed("schedule", deadline, parse_schedule)
+        return self.fetch("schedule", deadline)
 
     def backup_progress(self, deadline: float) -> Task | None:
-        return self._parsed("backup_progress", deadline, parse_task)
+        return self.fetch("backup_progress", deadline)
 
     def restore_progress(self, deadline: float) -> Task | None:
-        return self._parsed("restore_progress", deadline, parse_task)
+        return self.fetch("restore_progress", deadline)
 
     def history(self, deadline: float) -> History:
-        return self._parsed("history", deadline, parse_history)
+        return self.fetch("history", deadline)
 
     def settings(self, deadline: float) -> PortalSettings:
-        return self._parsed("settings", deadline, parse_settings)
+        return self.fetch("settings", deadline)
 
     def tariff(self, deadline: float) -> Tariff:
-        return self._parsed("tariff", deadline, parse_tariff)
+        return self.fetch("tariff", deadline)
 
-    def _parsed(self, endpoint: str, deadline: float, parser: Callable[[bool, Any], Any]) -> Any:
+    def fetch(self, endpoint: str, deadline: float) -> Any:
+        """GET one endpoint of the table and parse its answer with the table's parser."""
         present, response = self.get(endpoint, deadline)
         try:
-            return parser(present, response)
+            return BY_NAME[endpoint].parse(present, response)
         except ParseError as exc:
             raise FetchError("invalid_response", str(exc)) from None

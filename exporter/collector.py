@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -14,11 +13,16 @@ from urllib.parse import urlsplit
 from prometheus_client.registry import Collector
 
 from exporter import __version__, logs, metrics
-from exporter.client import DocSpaceClient, FetchError, wall_clock
+from exporter.client import DocSpaceClient, FetchError
+from exporter.clock import monotonic, wall_clock
 from exporter.config import DEFAULT_MAX_CONCURRENCY, Config, PortalConfig
-from exporter.metrics import SIDE_ENDPOINTS, PortalData
+from exporter.endpoints import BY_NAME, TABLE
 from exporter.model import PortalSettings, Task
+from exporter.results import PortalData, value
 from exporter.schedule import zone
+from exporter.sidecache import SIDE_REFRESH, SideCache
+
+__all__ = ["SIDE_REFRESH", "DocSpaceCollector", "ExporterCollector", "Scraper"]
 
 log = logging.getLogger(__name__)
 
@@ -26,21 +30,6 @@ log = logging.getLogger(__name__)
 SCRAPE_TIMEOUT_OFFSET = 0.5
 # Each call must give up a little before the scrape's end so its error is known in time.
 CALL_MARGIN = 0.05
-# Settings (time zone, version) and tariff change rarely: each is read at most once per this
-# many seconds per portal, and again on the next scrape after a failed read (contract 5a).
-SIDE_REFRESH = 3600.0
-
-
-class _Side:
-    """The last read of a slow-changing endpoint (settings or tariff) of one portal."""
-
-    __slots__ = ("value", "read_at", "failed")
-
-    def __init__(self) -> None:
-        self.value: Any = None  # last successful answer, kept across a failed refresh
-        self.read_at: float | None = None  # cache_timer() of the last successful read
-        self.failed = False  # the last attempt failed: retry on the next scrape
-
 # Threads that open portal connections ahead of the first scrape (Scraper.warm): enough to
 # open 3000 TLS connections in a few seconds, few enough to leave a scrape its CPU.
 WARM_THREADS = 8
@@ -69,14 +58,13 @@ class Scraper:
         *,
         max_workers: int = DEFAULT_MAX_CONCURRENCY,
         max_requests_per_host: int = 8,
-        timer: Callable[[], float] = time.monotonic,
+        timer: Callable[[], float] = monotonic,
         client_factory: Callable[..., DocSpaceClient] = DocSpaceClient,
-        cache_timer: Callable[[], float] = time.monotonic,
+        cache_timer: Callable[[], float] = monotonic,
     ) -> None:
         self._timer = timer
-        self._cache_timer = cache_timer
-        # portal name -> (its config, endpoint -> _Side); guarded by self._lock
-        self._side: dict[str, tuple[PortalConfig, dict[str, _Side]]] = {}
+        # settings and tariff, read at most hourly (cache_timer is its clock)
+        self._side = SideCache(cache_timer)
         self._client_factory = client_factory
         self._max_per_host = max_requests_per_host
         self._pool = ThreadPoolExecutor(max_workers=max_workers,
@@ -124,9 +112,7 @@ class Scraper:
             for key in list(self._errors):
                 if key[0] not in keep:
                     del self._errors[key]
-            for name in list(self._side):
-                if name not in keep or self._side[name][0] != keep[name]:
-                    del self._side[name]
+        self._side.retain(keep)
         self.failure_log.retain(keep)
 
     def warm(self, portals: Iterable[PortalConfig]) -> threading.Event:
@@ -193,19 +179,15 @@ class Scraper:
             self._inflight[portal.name] = fetch
             self.upstream_fetches += 1
         client = self._client(portal)
+        # Each endpoint is read by the client method of its name.
         calls: list[tuple[str, Callable[[float], Any]]] = [
-            ("schedule", client.schedule),
-            ("backup_progress", client.backup_progress),
-            ("restore_progress", client.restore_progress),
-        ]
-        if portal.history:
-            calls.append(("history", client.history))
+            (e.name, getattr(client, e.name)) for e in TABLE
+            if not e.side and (portal.history or not e.needs_history)]
         # Settings and tariff (hourly) run one after the other in one job beside the backup
         # calls: a portal then needs one connection more than the backup calls, not two, so
         # the hourly read neither opens (TLS handshake) nor parks an extra connection.
-        side = [(endpoint, fn) for endpoint, fn in
-                (("settings", client.settings), ("tariff", client.tariff))
-                if self._side_due(portal, endpoint)]
+        side = [(e.name, getattr(client, e.name)) for e in TABLE
+                if e.side and self._side.due(portal, e.name)]
         fetch.remaining = len(calls) + len(side)
         for endpoint, fn in calls:
             try:
@@ -236,39 +218,6 @@ class Scraper:
                     fut.set_exception(FetchError("connection", "exporter is shutting down"))
         return fetch
 
-    def _side_entries(self, portal: PortalConfig) -> dict[str, _Side]:
-        """The portal's cache entries (self._lock held); a changed config (another URL or
-        credentials) starts them afresh."""
-        held = self._side.get(portal.name)
-        if held is None or held[0] != portal:
-            held = self._side[portal.name] = (portal, {})
-        return held[1]
-
-    def _side_due(self, portal: PortalConfig, endpoint: str) -> bool:
-        """Whether settings/tariff must be read in this fetch: never read, last read failed,
-        or an hour passed since the last successful read."""
-        with self._lock:
-            side = self._side_entries(portal).get(endpoint)
-            if side is None or side.failed or side.read_at is None:
-                return True
-            return self._cache_timer() - side.read_at >= SIDE_REFRESH
-
-    def _side_store(self, portal: PortalConfig, endpoint: str, fut: Future[Any]) -> None:
-        ok = not fut.cancelled() and fut.exception() is None
-        with self._lock:
-            side = self._side_entries(portal).setdefault(endpoint, _Side())
-            if ok:
-                side.value = fut.result()
-                side.read_at = self._cache_timer()
-                side.failed = False
-            else:
-                side.failed = True
-
-    def _side_value(self, portal: PortalConfig, endpoint: str) -> Any:
-        with self._lock:
-            side = self._side_entries(portal).get(endpoint)
-            return None if side is None else side.value
-
     def _call_done(self, fetch: _Fetch, endpoint: str, fut: Future[Any]) -> None:
         with fetch.lock:
             fetch.remaining -= 1
@@ -283,8 +232,9 @@ class Scraper:
         login_counted = False
         failures: list[tuple[str, str, str]] = []  # endpoint, reason, message
         for endpoint, fut in fetch.futures.items():
-            if endpoint in SIDE_ENDPOINTS:
-                self._side_store(fetch.portal, endpoint, fut)
+            if BY_NAME[endpoint].side:
+                ok = not fut.cancelled() and fut.exception() is None
+                self._side.store(fetch.portal, endpoint, ok, fut.result() if ok else None)
             exc = fut.exception() if not fut.cancelled() else None
             if exc is None:
                 task = fut.result()
@@ -354,22 +304,22 @@ class Scraper:
         data = PortalData(name=p.name, url=p.url, duration=0.0)
         for endpoint, fut in fetch.futures.items():
             if not fut.done():
-                data.failed[endpoint] = "timeout"
+                data.fail(endpoint, "timeout")
                 continue
             exc = fut.exception() if not fut.cancelled() else None
             if exc is None:
-                data.ok[endpoint] = fut.result()
+                data.answer(endpoint, fut.result())
             else:
-                data.failed[endpoint] = _as_fetch_error(exc, p.name, endpoint).reason
+                data.fail(endpoint, _as_fetch_error(exc, p.name, endpoint).reason)
         if not fetch.futures:
-            data.failed["schedule"] = "connection"
+            data.fail("schedule", "connection")
         # Settings and tariff not read in this fetch come from the hourly cache (the one
         # documented cache); one whose read failed in this fetch is left out.
-        for endpoint in SIDE_ENDPOINTS:
-            if endpoint not in fetch.futures and fetch.futures:
-                cached = self._side_value(p, endpoint)
+        for e in TABLE:
+            if e.side and e.name not in fetch.futures and fetch.futures:
+                cached = self._side.value(p, e.name)
                 if cached is not None:
-                    data.ok[endpoint] = cached
+                    data.answer(e.name, cached)
         data.zone = self._zone(p, data)
         finished = fetch.finished if fetch.done.is_set() and fetch.finished else now
         # A scrape that joined a fetch another one started reports the fetch's duration.
@@ -384,9 +334,7 @@ class Scraper:
             return p.timezone
         if p.dump:
             return "UTC"
-        settings = data.ok.get("settings")
-        if not isinstance(settings, PortalSettings):
-            settings = self._side_value(p, "settings")
+        settings = value(data.settings) or self._side.value(p, "settings")
         if isinstance(settings, PortalSettings) and zone(settings.timezone) is not None:
             return settings.timezone
         return None

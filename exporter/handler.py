@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__, exposition, sd, status
-from exporter.client import wall_clock
+from exporter.clock import wall_clock
 from exporter.collector import SCRAPE_TIMEOUT_OFFSET
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from prometheus_client.metrics_core import Metric
 
 from exporter.config import PortalConfig
-from exporter.metrics import PortalData
+from exporter.results import PortalData
 
 HEALTHY, WARNING, FAILING, UNKNOWN = "healthy", "warning", "failing", "unknown"
 # The alert rules' thresholds (deploy/prometheus/rules): stale above 1.5 x the schedule's

@@ -146,7 +146,7 @@ def test_one_context_per_setting_and_the_ca_loaded_once(
             data = scraper.scrape(portals, 5.0)
         finally:
             scraper.close()
-        assert all(not d.failed and len(d.ok) == 5 for d in data), [d.failed for d in data]
+        assert all(not d.failed and len(d.answered) == 5 for d in data), [d.failed for d in data]
         assert sim.connections_opened == 24
         assert len(loads) == 1, loads
 
@@ -192,7 +192,7 @@ def test_hanging_portals_on_one_port_do_not_starve_another_port() -> None:
         finally:
             scraper.close()
         assert set(data["limited"].failed.values()) == {"rate_limited"}, data["limited"]
-        assert not data["healthy"].failed and len(data["healthy"].ok) == 5
+        assert not data["healthy"].failed and len(data["healthy"].answered) == 5
         assert all(set(data[sp.name].failed.values()) == {"timeout"} for sp in bad)
         # The hanging origin itself was still held to the limit.
         assert hung.max_concurrency_on_port(hung.port) == DEFAULT_MAX_PER_HOST

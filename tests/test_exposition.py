@@ -92,10 +92,12 @@ def portal_families() -> list[Metric]:
     for i in range(30):
         p = PortalData(name=f"p{i:04d}", url=f'http://127.0.0.1:1/p{i:04d}?"x"', duration=0.2)
         if i % 3:
-            p.ok.update(schedule=sched if i % 5 else None, backup_progress=done,
-                        restore_progress=None)
+            p.answer("schedule", sched if i % 5 else None)
+            p.answer("backup_progress", done)
+            p.answer("restore_progress", None)
         else:
-            p.failed.update(schedule="timeout", backup_progress="connection")
+            p.fail("schedule", "timeout")
+            p.fail("backup_progress", "connection")
         data.append(p)
     fams = list(metrics.portal_families(data, 1700000100.0))
     fams.append(metrics.error_family({("p0000", "schedule", "timeout"): 3}, None))

@@ -52,18 +52,19 @@ def portal(name: str, *, schedule: str | None = "E01_schedule_weekly.json",
            tariff: str | None = None, zone: str | None = None) -> PortalData:
     data = PortalData(name=name, url=f"https://{name}.example.com", duration=0.25, zone=zone)
     if settings:
-        data.ok["settings"] = parse_settings(*wire(settings))
+        data.answer("settings", parse_settings(*wire(settings)))
     if tariff:
-        data.ok["tariff"] = parse_tariff(*wire(tariff))
+        data.answer("tariff", parse_tariff(*wire(tariff)))
     if schedule:
-        data.ok["schedule"] = parse_schedule(*wire(schedule))
+        data.answer("schedule", parse_schedule(*wire(schedule)))
     if backup:
-        data.ok["backup_progress"] = parse_task(*wire(backup))
+        data.answer("backup_progress", parse_task(*wire(backup)))
     if restore:
-        data.ok["restore_progress"] = parse_task(*wire(restore))
+        data.answer("restore_progress", parse_task(*wire(restore)))
     if history:
-        data.ok["history"] = parse_history(*wire(history))
-    data.failed.update(failed or {})
+        data.answer("history", parse_history(*wire(history)))
+    for endpoint, reason in (failed or {}).items():
+        data.fail(endpoint, reason)
     return data
 
 
@@ -240,7 +241,7 @@ def test_delay_tariff_and_unknown_state() -> None:
     assert reg.get_sample_value("docspace_portal_tariff_state",
                                 {"portal": "late", "state": "delay"}) == 1
     p = portal("odd")
-    p.ok["tariff"] = parse_tariff(True, {"state": 7})
+    p.answer("tariff", parse_tariff(True, {"state": 7}))
     reg = registry_of([p])
     for state in ("trial", "paid", "delay", "not_paid"):
         assert reg.get_sample_value("docspace_portal_tariff_state",
