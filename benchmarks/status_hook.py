@@ -29,8 +29,8 @@ from prometheus_client.exposition import choose_encoder  # noqa: E402
 
 from docspace_simulator import Simulator  # noqa: E402
 from exporter import exposition, status  # noqa: E402
+from exporter.app import ExporterApp  # noqa: E402
 from exporter.config import ApiKeyAuth, Config, PortalConfig, Secret  # noqa: E402
-from exporter.server import ExporterApp  # noqa: E402
 
 
 class NoHook:

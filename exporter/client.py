@@ -15,7 +15,7 @@ import requests
 from exporter.clock import monotonic, wall_clock
 from exporter.config import ApiKeyAuth, PasswordAuth, PortalConfig, TokenAuth
 from exporter.endpoints import API, BY_NAME
-from exporter.errors import REASONS, STATUS_REASONS, FetchError
+from exporter.errors import STATUS_REASONS, FetchError
 from exporter.model import (
     History,
     ParseError,
@@ -26,11 +26,10 @@ from exporter.model import (
     decode_envelope,
     parse_login,
 )
-from exporter.transport import Transport, close, new_session, read_body, tls_context
+from exporter.transport import Transport, close, new_session, read_body
 from exporter.watchdog import CURRENT, Watchdog
 
-__all__ = ["REASONS", "STATUS_REASONS", "DocSpaceClient", "FetchError", "tls_context",
-           "wall_clock"]
+__all__ = ["DocSpaceClient", "FetchError"]
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,9 @@ from typing import Any
 from exporter.app import ExporterApp
 from exporter.auth import BasicAuth, TokenBucket
 from exporter.config import ConfigError
-from exporter.handler import Handler, Route, default_routes, scrape_timeout_from
+from exporter.handler import Handler, Route, default_routes
 from exporter.tlsserver import client_allowed, peer_sans
 from exporter.webconfig import WebConfig, files_signature, load_web_config
-
-# The names callers have always imported from here.
-__all__ = ["BasicAuth", "ExporterApp", "ExporterHTTPServer", "Handler", "Route", "WebConfig",
-           "load_web_config", "scrape_timeout_from"]
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import pytest
 
 from docspace_simulator import Simulator
 from exporter.config import Config
-from exporter.server import WebConfig
+from exporter.webconfig import WebConfig
 from tests import deploy_helpers as dh
 from tests import faults  # noqa: F401 - registers the test-only fault scenarios
 from tests.harness import ExporterProcess, Running, RunningExporter, start_exporter

@@ -30,6 +30,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from docspace_simulator import SimPortal, Simulator
+from exporter.app import ExporterApp
 from exporter.config import (
     ApiKeyAuth,
     Config,
@@ -39,7 +40,8 @@ from exporter.config import (
     TokenAuth,
     load_config,
 )
-from exporter.server import ExporterApp, ExporterHTTPServer, WebConfig
+from exporter.server import ExporterHTTPServer
+from exporter.webconfig import WebConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 # What Prometheus sends with a 3 s scrape_timeout; the contract's deadline is this header.

@@ -23,9 +23,10 @@ import pytest
 import yaml
 
 from docspace_simulator import Simulator, render_config
-from exporter.client import DocSpaceClient, FetchError, tls_context
+from exporter.client import DocSpaceClient, FetchError
 from exporter.collector import Scraper
 from exporter.config import DEFAULT_MAX_PER_HOST, ApiKeyAuth, PortalConfig, Secret
+from exporter.transport import tls_context
 from tests.deploy_helpers import binary
 from tests.harness import portal_config, start_cli, wait_for
 

@@ -21,7 +21,7 @@ from freezegun import freeze_time
 
 from docspace_simulator import Simulator, render_config
 from exporter.config import Config, load_config
-from exporter.server import load_web_config
+from exporter.webconfig import load_web_config
 from tests.harness import (
     ExporterProcess,
     Running,

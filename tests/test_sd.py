@@ -27,7 +27,7 @@ import yaml
 
 from docspace_simulator import Simulator, render_config
 from exporter.config import Config, load_config
-from exporter.server import WebConfig
+from exporter.webconfig import WebConfig
 from tests import deploy_helpers as dh
 from tests.harness import Running, portal_config
 from tests.test_sharding import hashmod

@@ -27,9 +27,11 @@ import pytest
 
 from docspace_simulator import SimPortal, Simulator
 from exporter import logs
+from exporter.app import ExporterApp
+from exporter.auth import BasicAuth
 from exporter.client import DocSpaceClient
 from exporter.config import ConfigError, load_config
-from exporter.server import BasicAuth, ExporterApp, load_web_config
+from exporter.webconfig import load_web_config
 from tests.harness import (
     ROOT,
     ExporterProcess,

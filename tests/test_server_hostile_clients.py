@@ -17,7 +17,7 @@ import pytest
 
 from docspace_simulator import Simulator
 from exporter.config import ApiKeyAuth, Config, PortalConfig, Secret
-from exporter.server import load_web_config
+from exporter.webconfig import load_web_config
 from tests.harness import (
     Certs,
     RunningExporter,

@@ -406,7 +406,8 @@ def live(tmp_path: Path) -> Iterator[Callable[[str], RunningExporter]]:
     request: interval 0)."""
     import threading
 
-    from exporter.server import ExporterApp, ExporterHTTPServer
+    from exporter.app import ExporterApp
+    from exporter.server import ExporterHTTPServer
 
     started: list[RunningExporter] = []
 

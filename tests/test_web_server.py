@@ -19,9 +19,10 @@ import pytest
 
 from docspace_simulator import Simulator
 from exporter import __version__
+from exporter.app import ExporterApp
 from exporter.auth import BasicAuth
 from exporter.config import ApiKeyAuth, Config, ConfigError, PortalConfig, Secret
-from exporter.server import ExporterApp, ExporterHTTPServer
+from exporter.server import ExporterHTTPServer
 from exporter.webconfig import WebConfig
 from tests.harness import (
     ExporterProcess,
