@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 
@@ -26,7 +26,7 @@ from exporter.model import (
     decode_envelope,
     parse_login,
 )
-from exporter.transport import Transport, close, new_session, read_body
+from exporter.transport import Sent, Transport, close, new_session, read_body
 from exporter.watchdog import CURRENT, Watchdog
 
 __all__ = ["DocSpaceClient", "FetchError"]
@@ -42,6 +42,27 @@ TOKEN_RENEW_MARGIN = 60.0
 # Longest Retry-After we will wait inside one scrape; beyond it the call fails as
 # rate_limited and the next scrape tries again.
 MAX_RETRY_AFTER = 5.0
+
+
+# The answer to one attempt: (body, status, Retry-After seconds).
+_Answer = Callable[[], tuple[bytes, int, "float | None"]]
+
+
+class Pending(NamedTuple):
+    """A call DocSpaceClient.start sent; DocSpaceClient.finish reads its answer."""
+
+    endpoint: str
+    deadline: float
+    auth_header: str | None  # what it was sent with (a 401 compares tokens)
+    watchdog: Watchdog
+    sent: Sent
+
+    def fileno(self) -> int:
+        """The socket the answer arrives on (selectors wait on it)."""
+        return self.sent.fileno()
+
+    def __repr__(self) -> str:  # the Authorization header never reaches a repr
+        return f"Pending({self.endpoint!r})"
 
 
 def _retry_after(value: str | None, now: float) -> float | None:
@@ -69,9 +90,9 @@ class DocSpaceClient:
         timer: Callable[[], float] = monotonic,
         sleep: Callable[[float], None] = time.sleep,
         host_limit: threading.BoundedSemaphore | None = None,
-        # The most calls one scrape makes at once: the three backup endpoints, history, and
-        # the job that reads settings then tariff every hour. A smaller pool would open and
-        # discard a connection (a TLS handshake) per extra call on that scrape.
+        # More than the most calls one scrape makes at once (the three backup endpoints and
+        # history; settings and tariff follow them): a smaller pool would open and discard
+        # a connection (a TLS handshake) per extra call.
         pool_size: int = 5,
     ) -> None:
         self.portal = portal
@@ -81,7 +102,6 @@ class DocSpaceClient:
         self._host_limit = host_limit
         self._session = session or new_session(portal, pool_size)
         self._pool_size = pool_size
-        self._called = False  # a call was made: the warm-up has nothing left to do here
         # Every call goes straight to the pool of the session's requests HTTPAdapter (an
         # injected session must send through one).
         self._transport = Transport(self._session, portal.url)
@@ -184,13 +204,17 @@ class DocSpaceClient:
 
     def _call(self, method: str, path: str, deadline: float, *,
               params: dict[str, str] | None = None, json_body: Any = None,
-              auth_header: str | None) -> tuple[bool, Any]:
-        """One HTTP call, its whole answer bounded by `deadline` (a timer() value)."""
+              auth_header: str | None, first: _Answer | None = None) -> tuple[bool, Any]:
+        """One HTTP call, its whole answer bounded by `deadline` (a timer() value). `first`:
+        the answer to a first attempt already sent ahead (start())."""
         url = self.portal.url + path
         headers = {"Authorization": auth_header} if auth_header else {}
         for attempt in (1, 2):
-            body, status, retry_after = self._http(method, url, deadline, params, json_body,
-                                                   headers)
+            if attempt == 1 and first is not None:
+                body, status, retry_after = first()
+            else:
+                body, status, retry_after = self._http(method, url, deadline, params,
+                                                       json_body, headers)
             if status == 429 and attempt == 1 and retry_after is not None:
                 # Honour Retry-After once when it still fits inside this scrape's deadline.
                 remaining = deadline - self._timer()
@@ -209,7 +233,6 @@ class DocSpaceClient:
     def _http(self, method: str, url: str, deadline: float, params: dict[str, str] | None,
               json_body: Any, headers: dict[str, str]) -> tuple[bytes, int, float | None]:
         """One attempt inside the host's slot, under a Watchdog: (body, status, Retry-After)."""
-        self._called = True
         remaining = deadline - self._timer()
         if remaining <= 0:
             raise FetchError("timeout", "deadline passed before the request was sent")
@@ -245,6 +268,11 @@ class DocSpaceClient:
                   params: dict[str, str] | None, json_body: Any, headers: dict[str, str],
                   remaining: float) -> tuple[bytes, int, float | None]:
         resp = self._transport.send(method, url, params, json_body, headers, remaining)
+        return self._answer(watchdog, resp, deadline)
+
+    def _answer(self, watchdog: Watchdog, resp: Any, deadline: float
+                ) -> tuple[bytes, int, float | None]:
+        """(body, status, Retry-After) of a response whose body is not read yet."""
         try:
             status = resp.status
             retry_after = _retry_after(resp.headers.get("Retry-After"), self._clock())
@@ -258,36 +286,111 @@ class DocSpaceClient:
             watchdog.stop()
             close(resp)
 
-    def warm(self, timeout: float) -> int:
+    def idle_connections(self) -> int:
+        """Open connections waiting in the pool: calls that can go out at once (start())."""
+        return self._transport.idle()
+
+    def warm(self, timeout: float, stop: Callable[[], bool] = lambda: False) -> int:
         """Open the connections a scrape will use (TCP and TLS handshake) ahead of it: one
         per call the scrape makes at once, at most what the pool keeps. Connections that
-        are already open count as done. Returns how many were opened; a failure ends the
-        warm-up quietly (the scrape reports it). A portal a scrape has already called is
-        left alone: that scrape opened what it needed, and a second set of handshakes
-        would only take CPU from it."""
-        if self._called:
-            return 0
-        # The backup calls, history, and the one job that reads settings then tariff.
-        want = min((4 if self.portal.history else 3) + 1, self._pool_size)
-        opened, error = self._transport.warm(self.portal.url, want, timeout,
-                                             lambda: self._called)
+        are already open count as done (a scrape that paced this portal left one). Returns
+        how many were opened; a failure ends the warm-up quietly (the scrape reports it),
+        and so does stop()."""
+        # The backup calls (with history); the job that reads settings then tariff runs
+        # after them, on one of their connections.
+        want = min(4 if self.portal.history else 3, self._pool_size)
+        opened, error = self._transport.warm(self.portal.url, want, timeout, stop)
         if error is not None:
             log.debug("could not open a connection ahead", extra={
                 "portal": self.portal.name, "reason": error.reason})
         return opened
 
-    def get(self, endpoint: str, deadline: float) -> tuple[bool, Any]:
-        """GET one endpoint of the table -> decoded envelope. Raises FetchError."""
+    # -- sent ahead: one thread sends, the answer is read when it is there -------------
+
+    def start(self, endpoint: str, deadline: float) -> Pending | None:
+        """Send the GET of one endpoint now, on a connection that is already open, inside
+        the host's slot and under a Watchdog, without waiting for the answer; finish() reads
+        it. None, with nothing sent and nothing held, when the call cannot start that way
+        (no open connection, a login due, no free slot at the host, the deadline passed):
+        the caller then makes the whole call with fetch(). Raises FetchError when the send
+        fails (the call is then over)."""
+        if self.needs_login():
+            return None
+        ep = BY_NAME[endpoint]
+        params = {"Dump": "true"} if self.portal.dump and ep.dump else None
+        header = self._auth_header()
+        headers = {"Authorization": header} if header else {}
+        remaining = deadline - self._timer()
+        if remaining <= 0:
+            return None
+        if self._host_limit is not None and not self._host_limit.acquire(blocking=False):
+            return None
+        watchdog = Watchdog(remaining)
+        CURRENT.watchdog = watchdog  # WatchedConnection.request hands it the socket
+        try:
+            sent = self._transport.begin(self.portal.url + API + ep.path, params, headers,
+                                         remaining)
+        except BaseException:
+            watchdog.stop()
+            self._release()
+            raise
+        finally:
+            CURRENT.watchdog = None
+        if sent is None:
+            watchdog.stop()
+            self._release()
+            return None
+        return Pending(endpoint, deadline, header, watchdog, sent)
+
+    def receive(self, pending: Pending) -> tuple[bytes, int, float | None]:
+        """Read the answer to a call start() sent: (body, status, Retry-After). Blocks only
+        until the answer is complete (the Watchdog ends it at the deadline); never sleeps,
+        logs in or calls again: complete() does. Raises FetchError."""
+        watchdog = pending.watchdog
+        try:
+            resp = self._transport.finish(pending.sent)
+            result = self._answer(watchdog, resp, pending.deadline)
+            if watchdog.fired:
+                raise FetchError("timeout", "answer not complete before the deadline")
+            return result
+        except FetchError as exc:
+            if watchdog.fired and exc.reason != "timeout":
+                raise FetchError("timeout", "answer not complete before the deadline"
+                                 ) from None
+            raise
+        finally:
+            watchdog.stop()
+            self._release()
+
+    def complete(self, pending: Pending, answer: tuple[bytes, int, float | None]) -> Any:
+        """Go on from the answer receive() read, as fetch() would from its first attempt
+        (Retry-After, a login again after a 401) -> the parsed value. Raises FetchError."""
+        return self.fetch(pending.endpoint, pending.deadline,
+                          first=(lambda: answer, pending.auth_header))
+
+    def _release(self) -> None:
+        if self._host_limit is not None:
+            self._host_limit.release()
+
+    def get(self, endpoint: str, deadline: float,
+            first: tuple[_Answer, str | None] | None = None) -> tuple[bool, Any]:
+        """GET one endpoint of the table -> decoded envelope. Raises FetchError. `first`:
+        the answer to a first attempt start() sent, and the Authorization it was sent with."""
         ep = BY_NAME[endpoint]
         params = {"Dump": "true"} if self.portal.dump and ep.dump else None
         path = API + ep.path
-        if self.needs_login():
-            # No token yet, or DocSpace's `expires` is near: log in before the call
-            # rather than spend a round trip on a certain 401.
-            self.login(deadline)
-        header = self._auth_header()
+        if first is not None:
+            answer, header = first
+        else:
+            answer = None
+            if self.needs_login():
+                # No token yet, or DocSpace's `expires` is near: log in before the call
+                # rather than spend a round trip on a certain 401.
+                self.login(deadline)
+            header = self._auth_header()
         try:
-            return self._call("GET", path, deadline, params=params, auth_header=header)
+            return self._call("GET", path, deadline, params=params, auth_header=header,
+                              first=answer)
         except FetchError as exc:
             if exc.reason != "unauthorized" or not isinstance(self.portal.auth, PasswordAuth):
                 raise
@@ -313,9 +416,10 @@ class DocSpaceClient:
     def tariff(self, deadline: float) -> Tariff:
         return self.fetch("tariff", deadline)
 
-    def fetch(self, endpoint: str, deadline: float) -> Any:
+    def fetch(self, endpoint: str, deadline: float,
+              first: tuple[_Answer, str | None] | None = None) -> Any:
         """GET one endpoint of the table and parse its answer with the table's parser."""
-        present, response = self.get(endpoint, deadline)
+        present, response = self.get(endpoint, deadline, first)
         try:
             return BY_NAME[endpoint].parse(present, response)
         except ParseError as exc:
