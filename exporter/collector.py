@@ -6,7 +6,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,6 +16,7 @@ from exporter import __version__, logs, metrics
 from exporter.client import DocSpaceClient, FetchError
 from exporter.clock import monotonic, wall_clock
 from exporter.config import DEFAULT_MAX_CONCURRENCY, Config, PortalConfig
+from exporter.dispatch import Dispatcher, Queued, settle
 from exporter.endpoints import BY_NAME, TABLE
 from exporter.model import PortalSettings, Task
 from exporter.results import PortalData, value
@@ -67,8 +68,10 @@ class Scraper:
         self._side = SideCache(cache_timer)
         self._client_factory = client_factory
         self._max_per_host = max_requests_per_host
-        self._pool = ThreadPoolExecutor(max_workers=max_workers,
-                                        thread_name_prefix="docspace-call")
+        # max_concurrency: calls in flight at once, all portals together. Calls and jobs
+        # wait for a slot in one queue (no thread), then a backup call goes out ahead on an
+        # open connection, or it (or a job) runs in a worker thread (exporter/dispatch.py).
+        self._dispatch = Dispatcher(max_workers)
         self._lock = threading.Lock()
         self._clients: dict[str, DocSpaceClient] = {}
         # One limit per origin (scheme, host, port): one web server. Keyed by host name
@@ -82,6 +85,9 @@ class Scraper:
         self.failure_log = logs.FailureLog()
         self.upstream_fetches = 0  # rounds of API calls started; proves request sharing
         self._closed = False
+        self._max_workers = max_workers
+        self._scrapes = 0  # running now; the warm-up waits for them
+        self._scrape_cond = threading.Condition()
 
     # -- clients ----------------------------------------------------------------------
 
@@ -133,10 +139,16 @@ class Scraper:
                         portal = next(todo, None)
                     if portal is None:
                         return
-                    try:
-                        self._client(portal).warm(min(portal.timeout, WARM_TIMEOUT))
-                    except Exception:  # noqa: BLE001 - warming must never raise
-                        log.debug("warm-up failed", extra={"portal": portal.name})
+                    # A scrape that runs meanwhile has the CPU (handshakes are CPU-bound
+                    # here): the warm-up waits for it, then opens what is still missing.
+                    while self._wait_for_no_scrape():
+                        try:
+                            self._client(portal).warm(min(portal.timeout, WARM_TIMEOUT),
+                                                      stop=self._scraping)
+                        except Exception:  # noqa: BLE001 - warming must never raise
+                            log.debug("warm-up failed", extra={"portal": portal.name})
+                        if not self._scraping():
+                            break
             finally:
                 with lock:
                     running[0] -= 1
@@ -147,9 +159,24 @@ class Scraper:
             threading.Thread(target=worker, name=f"docspace-warm-{i}", daemon=True).start()
         return done
 
+    @property
+    def sent_ahead(self) -> int:
+        """Calls sent on an open connection, read when their answer arrived (a statistic)."""
+        return self._dispatch.sent_ahead
+
+    def _scraping(self) -> bool:
+        return self._scrapes > 0
+
+    def _wait_for_no_scrape(self) -> bool:
+        """Wait while a scrape runs; False once the scraper is closed."""
+        with self._scrape_cond:
+            while self._scrapes and not self._closed:
+                self._scrape_cond.wait(1.0)
+        return not self._closed
+
     def close(self) -> None:
         self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._dispatch.close()
         with self._lock:
             for c in self._clients.values():
                 c.close()
@@ -168,9 +195,15 @@ class Scraper:
 
     # -- fetching ---------------------------------------------------------------------
 
-    def _start(self, portal: PortalConfig, deadline: float) -> _Fetch:
+    def _start(self, portal: PortalConfig, deadline: float, paced: bool = False) -> _Fetch:
         """Join the portal's in-flight fetch, or start one. DocSpace allows 50 concurrent
-        GETs per user; sharing keeps two Prometheus servers from doubling the load."""
+        GETs per user; sharing keeps two Prometheus servers from doubling the load.
+
+        Each backup call, and the job that reads the hourly ones in turn, queue for a slot
+        of max_concurrency (exporter/dispatch.py). `paced`: only as many backup calls as the
+        portal has open connections queue on their own; the rest go in turn in one job
+        (one new connection, not one per call), and the hourly reads wait for a scrape
+        that does not pace the portal."""
         with self._lock:
             fetch = self._inflight.get(portal.name)
             if fetch is not None and not fetch.done.is_set() and fetch.portal == portal:
@@ -183,39 +216,39 @@ class Scraper:
         calls: list[tuple[str, Callable[[float], Any]]] = [
             (e.name, getattr(client, e.name)) for e in TABLE
             if not e.side and (portal.history or not e.needs_history)]
-        # Settings and tariff (hourly) run one after the other in one job beside the backup
-        # calls: a portal then needs one connection more than the backup calls, not two, so
-        # the hourly read neither opens (TLS handshake) nor parks an extra connection.
-        side = [(e.name, getattr(client, e.name)) for e in TABLE
+        # Settings and tariff (hourly) run one after the other in one job, queued once the
+        # backup calls are over, on a connection one of them used: a portal keeps as many
+        # connections as it has backup calls (each open TLS connection costs ~30 kB and a
+        # handshake), and its hourly scrape takes two round trips more.
+        turn = [(e.name, getattr(client, e.name)) for e in TABLE
                 if e.side and self._side.due(portal, e.name)]
-        fetch.remaining = len(calls) + len(side)
-        for endpoint, fn in calls:
-            try:
-                fut = self._pool.submit(fn, deadline)
-            except RuntimeError:  # pool shut down during exit
-                fut = Future()
-                fut.set_exception(FetchError("connection", "exporter is shutting down"))
-            fetch.futures[endpoint] = fut
+        if paced:
+            open_now = _idle(client)
+            if open_now is not None and open_now < len(calls):
+                # The hourly reads wait for a scrape that does not pace this portal.
+                calls, turn = calls[:open_now], calls[open_now:]
+        fetch.remaining = len(calls) + len(turn)
+        futures: dict[str, Future[Any]] = {}
+        for endpoint, _ in calls + turn:
+            fut = futures[endpoint] = fetch.futures[endpoint] = Future()
             fut.add_done_callback(functools.partial(self._call_done, fetch, endpoint))
-        if side:
-            futures: list[Future[Any]] = []
-            for endpoint, _ in side:
-                fut = fetch.futures[endpoint] = Future()
-                fut.add_done_callback(functools.partial(self._call_done, fetch, endpoint))
-                futures.append(fut)
-
+        start = getattr(client, "start", None)  # test doubles may lack it
+        queued = [Queued(client, futures[endpoint],
+                         functools.partial(settle, futures[endpoint], fn, deadline),
+                         None if start is None else functools.partial(start, endpoint,
+                                                                     deadline))
+                  for endpoint, fn in calls]
+        if turn:
             def in_turn() -> None:
-                for (_, fn), fut in zip(side, futures, strict=True):
-                    try:
-                        fut.set_result(fn(deadline))
-                    except BaseException as exc:  # noqa: BLE001 - handed to _record
-                        fut.set_exception(exc)
+                for endpoint, fn in turn:
+                    settle(futures[endpoint], fn, deadline)
 
-            try:
-                self._pool.submit(in_turn)
-            except RuntimeError:  # pool shut down during exit
-                for fut in futures:
-                    fut.set_exception(FetchError("connection", "exporter is shutting down"))
+            job = Queued(None, None, in_turn)
+            if calls and not paced:  # after the backup calls (not paced: they are on its turn)
+                _after([futures[e] for e, _ in calls], lambda: self._dispatch.queue([job]))
+            else:
+                queued.append(job)
+        self._dispatch.queue(queued)
         return fetch
 
     def _call_done(self, fetch: _Fetch, endpoint: str, fut: Future[Any]) -> None:
@@ -274,18 +307,50 @@ class Scraper:
         start = self._timer()
         end = start + scrape_timeout if scrape_timeout is not None else None
         fetches: list[_Fetch] = []
+        with self._scrape_cond:
+            self._scrapes += 1
+        try:
+            paced = self._pace(portals)
+            for p in portals:
+                deadline = start + p.timeout
+                if end is not None:
+                    deadline = min(deadline, end - CALL_MARGIN)
+                fetches.append(self._start_or_fail(p, start, deadline, paced))
+            return self._wait(fetches, portals, start, end)
+        finally:
+            with self._scrape_cond:
+                self._scrapes -= 1
+                self._scrape_cond.notify_all()
+
+    def _pace(self, portals: list[PortalConfig]) -> bool:
+        """Pace this scrape when its calls that have no open connection are more than
+        max_concurrency runs at once (a start or reload with many portals): each such
+        portal then makes them in turn on one new connection, so 1000 HTTPS portals cost
+        1000 TLS handshakes in the first scrape instead of 4000 (CPU-bound here: ~2.5 ms
+        each, plus as much in the server), and their calls still fit in the slots."""
+        missing = 0
         for p in portals:
-            deadline = start + p.timeout
-            if end is not None:
-                deadline = min(deadline, end - CALL_MARGIN)
             try:
-                fetches.append(self._start(p, deadline))
-            except Exception:  # noqa: BLE001 - never raise out of a scrape
-                log.exception("could not start fetch", extra={"portal": p.name})
-                broken = _Fetch(p, start)
-                broken.finished = start
-                broken.done.set()
-                fetches.append(broken)
+                open_now = _idle(self._client(p))
+            except Exception:  # noqa: BLE001 - _start reports it
+                open_now = None
+            if open_now is not None:
+                missing += max(0, (4 if p.history else 3) - open_now)
+        return missing > self._max_workers
+
+    def _start_or_fail(self, p: PortalConfig, start: float, deadline: float,
+                       paced: bool) -> _Fetch:
+        try:
+            return self._start(p, deadline, paced)
+        except Exception:  # noqa: BLE001 - never raise out of a scrape
+            log.exception("could not start fetch", extra={"portal": p.name})
+            broken = _Fetch(p, start)
+            broken.finished = start
+            broken.done.set()
+            return broken
+
+    def _wait(self, fetches: list[_Fetch], portals: list[PortalConfig], start: float,
+              end: float | None) -> list[PortalData]:
         wait_until = max((start + p.timeout for p in portals), default=start)
         if end is not None:
             wait_until = min(wait_until, end)
@@ -352,6 +417,29 @@ def _origin(url: str) -> tuple[str, str, int]:
     except ValueError:  # the config refuses such URLs; never raise here
         port = None
     return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def _after(futures: list[Future[Any]], then: Callable[[], None]) -> None:
+    """Call `then` once every one of `futures` is done (in the thread that finishes the
+    last)."""
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Future[Any]) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            then()
+
+    for fut in futures:
+        fut.add_done_callback(one_done)
+
+
+def _idle(client: Any) -> int | None:
+    """Open connections of a client's pool; None for a client that cannot tell (a double)."""
+    idle = getattr(client, "idle_connections", None)
+    return None if idle is None else int(idle())
 
 
 def _as_fetch_error(exc: BaseException, portal: str, endpoint: str) -> FetchError:

@@ -126,8 +126,8 @@ def test_insecure_skip_verify_still_connects_to_anything(certs: CertSet) -> None
 def test_one_context_per_setting_and_the_ca_loaded_once(
         certs: CertSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every pool with the same setting shares one SSLContext, and a scrape of 6 portals
-    (24 new connections: 3 backup calls plus the job that reads settings then tariff, all
-    at once) loads the CA file once: urllib3 alone loads it per connection."""
+    (18 new connections: 3 backup calls at once; the job that reads settings then tariff
+    follows on one of them) loads the CA file once: urllib3 alone loads it per connection."""
     ca = tmp_path / "ca-copy.pem"  # a path no other test used: no cached context
     ca.write_bytes(certs.ca.read_bytes())
     loads: list[Any] = []
@@ -138,7 +138,7 @@ def test_one_context_per_setting_and_the_ca_loaded_once(
         real(self, *args, **kw)
 
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)
-    # 0.3 s per answer: the 24 calls overlap, so each needs a connection of its own.
+    # 0.3 s per answer: the 18 backup calls overlap, so each needs a connection of its own.
     with _tls_sim(certs.good, port_per_portal=True, latency=0.3) as sim:
         sps = [sim.add_portal(f"p{i}") for i in range(6)]
         portals = [portal_config(sim, sp, ca_file=str(ca)) for sp in sps]
@@ -148,7 +148,7 @@ def test_one_context_per_setting_and_the_ca_loaded_once(
         finally:
             scraper.close()
         assert all(not d.failed and len(d.answered) == 5 for d in data), [d.failed for d in data]
-        assert sim.connections_opened == 24
+        assert sim.connections_opened == 18
         assert len(loads) == 1, loads
 
     one = tls_context(portals[0])
@@ -205,15 +205,15 @@ def test_limit_counts_requests_per_origin() -> None:
     with Simulator("127.0.0.1", 0, latency=0.3) as one, \
             Simulator("127.0.0.1", 0, latency=1.0, port_per_portal=True) as many:
         shared = [portal_config(one, one.add_portal(f"s{i}")) for i in range(4)]
-        own = [portal_config(many, many.add_portal(f"o{i}"), timeout=2.5)
+        own = [portal_config(many, many.add_portal(f"o{i}"), timeout=3.5)
                for i in range(4)]
         scraper = Scraper(max_workers=64, max_requests_per_host=4)
         try:
-            # Each portal makes 4 calls at once (3 backup calls and the job that reads
-            # settings, then tariff): 16 calls of 1 s each, the last ending at 2 s, within
-            # 2.5 s only if the four origins do not share one host's 4 slots (that would
-            # take five rounds: 5 s, and time out).
-            data = scraper.scrape(own, 2.5)
+            # Each portal makes its 3 backup calls at once, then settings, then tariff: 3 s
+            # of 1 s calls, within 3.5 s only if the four origins do not share one host's 4
+            # slots (that would take 3 s for the 12 backup calls, then 2 s for the four
+            # hourly jobs: 5 s, and time out).
+            data = scraper.scrape(own, 3.5)
             assert all(not d.failed for d in data), [d.failed for d in data]
             data = scraper.scrape(shared, 5.0)
             assert all(not d.failed for d in data)
@@ -221,10 +221,10 @@ def test_limit_counts_requests_per_origin() -> None:
             scraper.close()
         # 20 calls on one origin, 4 at a time.
         assert one.max_concurrency_on_port(one.port) == 4
-        # Four origins of one host: the four concurrent calls of each portal at once.
+        # Four origins of one host: the three concurrent calls of each portal at once.
         ports = {many.portal_port(sp.name) for sp in many.portals}
         assert len(ports) == 4 and many.port not in ports
-        assert all(many.max_concurrency_on_port(p) == 4 for p in ports)
+        assert all(many.max_concurrency_on_port(p) == 3 for p in ports)
 
 
 # --- connections opened ahead: at start-up and after a reload ----------------------------------
@@ -253,8 +253,8 @@ def test_connections_opened_at_start_and_after_reload(
     _write_config(tls_sim, cfg, certs.ca)
     ex = start_cli(cfg, tmp_path / "exporter.log")
     cli_processes.append(ex)
-    # 4 per portal: the 3 backup calls and the job that reads settings, then tariff.
-    assert wait_for(lambda: tls_sim.connections_opened >= 20, 20), tls_sim.connections_opened
+    # 3 per portal: the 3 backup calls (settings, then tariff, follow on one of them).
+    assert wait_for(lambda: tls_sim.connections_opened >= 15, 20), tls_sim.connections_opened
     # The simulator counts a connection when it accepts it; the warm-up hands a portal's
     # connections to its pool only after their handshakes. A scrape sent in between would
     # open connections of its own, so wait for the exporter to say the warm-up is over.
@@ -264,12 +264,12 @@ def test_connections_opened_at_start_and_after_reload(
     assert answer.status == 200
     assert answer.text.count("docspace_up{") == 5
     assert 'docspace_up{portal="p0"} 1.0' in answer.text
-    assert tls_sim.connections_opened == 20  # the first scrape reused them all
+    assert tls_sim.connections_opened == 15  # the first scrape reused them all
 
     tls_sim.add_portal("new")
     _write_config(tls_sim, cfg, certs.ca)
     ex.signal(signal.SIGHUP)
-    assert wait_for(lambda: tls_sim.connections_opened >= 24, 20), (
+    assert wait_for(lambda: tls_sim.connections_opened >= 18, 20), (
         tls_sim.connections_opened, ex.log())
     assert tls_sim.request_count() == 5 * 5
 
@@ -280,21 +280,21 @@ def test_warm_opens_no_more_than_the_pool_keeps(tls_sim: Simulator, certs: CertS
     scraper = Scraper(max_workers=16)
     try:
         scraper.warm(portals).wait(10)
-        assert tls_sim.connections_opened == 12
+        assert tls_sim.connections_opened == 9
         scraper.warm(portals).wait(10)  # already open: nothing new
-        assert tls_sim.connections_opened == 12
+        assert tls_sim.connections_opened == 9
         data = scraper.scrape(portals, 5.0)
         assert all(not d.failed for d in data)
-        assert tls_sim.connections_opened == 12
+        assert tls_sim.connections_opened == 9
     finally:
         scraper.close()
 
 
 
-def test_warm_leaves_portals_a_scrape_is_calling_alone(tls_sim: Simulator,
-                                                       certs: CertSet) -> None:
-    """A scrape that arrives during the warm-up opened its own connections for the portals
-    it called; warming them too would only add handshakes (CPU) to that scrape."""
+def test_warm_up_waits_for_a_running_scrape_then_opens_what_is_missing(
+        tls_sim: Simulator, certs: CertSet) -> None:
+    """A warm-up that starts while a scrape runs waits for it (handshakes would only take
+    CPU from it), then finds the connections that scrape opened and adds none."""
     tls_sim.latency = 1.0
     portal = portal_config(tls_sim, tls_sim.add_portal("p0"), ca_file=str(certs.ca))
     scraper = Scraper(max_workers=16)
@@ -302,10 +302,12 @@ def test_warm_leaves_portals_a_scrape_is_calling_alone(tls_sim: Simulator,
         result: list[Any] = []
         thread = threading.Thread(target=lambda: result.append(scraper.scrape([portal], 5.0)))
         thread.start()
-        # 3 backup calls and settings (tariff follows it on the same job).
+        # 3 backup calls, then settings (tariff follows it on the same job).
         assert wait_for(lambda: tls_sim.request_count() == 4, 5)
-        assert scraper.warm([portal]).wait(5)
-        assert tls_sim.connections_opened == 4
+        warming = scraper.warm([portal])
+        assert not warming.wait(0.5)  # the scrape still runs (1 s per call)
+        assert warming.wait(5)
+        assert tls_sim.connections_opened == 3
         thread.join(10)
         assert not result[0][0].failed
     finally:
