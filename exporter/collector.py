@@ -199,11 +199,11 @@ class Scraper:
         """Join the portal's in-flight fetch, or start one. DocSpace allows 50 concurrent
         GETs per user; sharing keeps two Prometheus servers from doubling the load.
 
-        Each backup call, and the job that reads the hourly ones in turn, queue for a slot
-        of max_concurrency (exporter/dispatch.py). `paced`: only as many backup calls as the
-        portal has open connections queue on their own; the rest go in turn in one job
-        (one new connection, not one per call), and the hourly reads wait for a scrape
-        that does not pace the portal."""
+        Every call queues for a slot of max_concurrency (exporter/dispatch.py); the hourly
+        ones go in turn after the backup calls. `paced`: only as many backup calls as the
+        portal has open connections queue at once; the rest go in turn (one new connection,
+        not one per call), and the hourly reads wait for a scrape that does not pace the
+        portal."""
         with self._lock:
             fetch = self._inflight.get(portal.name)
             if fetch is not None and not fetch.done.is_set() and fetch.portal == portal:
@@ -216,10 +216,10 @@ class Scraper:
         calls: list[tuple[str, Callable[[float], Any]]] = [
             (e.name, getattr(client, e.name)) for e in TABLE
             if not e.side and (portal.history or not e.needs_history)]
-        # Settings and tariff (hourly) run one after the other in one job, queued once the
-        # backup calls are over, on a connection one of them used: a portal keeps as many
-        # connections as it has backup calls (each open TLS connection costs ~30 kB and a
-        # handshake), and its hourly scrape takes two round trips more.
+        # Settings and tariff (hourly) go one after the other once the backup calls are
+        # over, on a connection one of them used: a portal keeps as many connections as it
+        # has backup calls (each open TLS connection costs ~30 kB and a handshake), and its
+        # hourly scrape takes two round trips more.
         turn = [(e.name, getattr(client, e.name)) for e in TABLE
                 if e.side and self._side.due(portal, e.name)]
         if paced:
@@ -233,21 +233,26 @@ class Scraper:
             fut = futures[endpoint] = fetch.futures[endpoint] = Future()
             fut.add_done_callback(functools.partial(self._call_done, fetch, endpoint))
         start = getattr(client, "start", None)  # test doubles may lack it
-        queued = [Queued(client, futures[endpoint],
-                         functools.partial(settle, futures[endpoint], fn, deadline),
-                         None if start is None else functools.partial(start, endpoint,
-                                                                     deadline))
-                  for endpoint, fn in calls]
-        if turn:
-            def in_turn() -> None:
-                for endpoint, fn in turn:
-                    settle(futures[endpoint], fn, deadline)
 
-            job = Queued(None, None, in_turn)
-            if calls and not paced:  # after the backup calls (not paced: they are on its turn)
-                _after([futures[e] for e, _ in calls], lambda: self._dispatch.queue([job]))
+        def queued_call(endpoint: str, fn: Callable[[float], Any]) -> Queued:
+            return Queued(client, futures[endpoint],
+                          functools.partial(settle, futures[endpoint], fn, deadline),
+                          None if start is None else functools.partial(start, endpoint,
+                                                                      deadline))
+
+        queued = [queued_call(endpoint, fn) for endpoint, fn in calls]
+        if turn:
+            # In turn: each call is queued when the one before it is over, so it finds that
+            # one's connection open and goes out ahead on it.
+            chain = [queued_call(endpoint, fn) for endpoint, fn in turn]
+            for before, after in zip(chain, chain[1:], strict=False):
+                assert before.future is not None
+                _after([before.future], functools.partial(self._dispatch.queue, [after]))
+            if calls and not paced:  # the hourly reads: after the backup calls
+                _after([futures[e] for e, _ in calls],
+                       functools.partial(self._dispatch.queue, [chain[0]]))
             else:
-                queued.append(job)
+                queued.append(chain[0])
         self._dispatch.queue(queued)
         return fetch
 
