@@ -57,6 +57,9 @@ EXTRA_CONFIG: list[str] = []  # --set KEY=VALUE: more top-level config keys
 EXPORTER_ENV: dict[str, str] = {}  # --env NAME=VALUE for the exporter process
 EXPORTER_SRC: list[Path] = []  # --exporter-src DIR: run the exporter package found in DIR
 FIRST_AFTER_WARMUP: list[bool] = []  # --first-after-warmup: wait for the start-up warm-up
+# --interval: seconds between two scrapes of the exporter, as Prometheus's scrape interval
+# (the exporter opens missing connections in the background between scrapes)
+INTERVAL: list[float] = [0.3]
 # A realistic CA bundle: the system's (~150 CAs) plus the test CA that signed the
 # simulator's certificate, as `ca_file` of every portal.
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -503,7 +506,8 @@ def bench_n(n: int, runs: int, workdir: Path, *, naive: bool, blackbox: bool,
                     log(f"  {kind:9s} N={n:<5d} run {i}: {s.seconds:7.3f}s cpu {s.cpu:6.3f}s "
                         f"sim {s.sim_cpu:6.3f}s other {s.other_cpu:5.2f}s up {s.up}/{n} "
                         f"req {s.requests} conn {s.connections} exact {s.exact}")
-                    time.sleep(0.3)
+                    if i < k:
+                        time.sleep(INTERVAL[0])
                 out.append(summarize(kind, n, scrapes, mem_mb(exp.pid), idle, CALLS_PER_PORTAL))
             finally:
                 conn.close()
@@ -639,6 +643,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-after-warmup", action="store_true",
                     help="send the first scrape once the exporter has opened its portal "
                          "connections (default: as soon as /-/ready answers)")
+    ap.add_argument("--interval", type=float, default=0.3, metavar="SECONDS",
+                    help="pause between two scrapes of the exporter, as a scrape interval "
+                         "(default 0.3: back to back)")
     ap.add_argument("--label", default="", help="a word for the result file name")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra top-level exporter config key (e.g. max_concurrency=256)")
@@ -652,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         EXPORTER_SRC.append(args.exporter_src.resolve())
     if args.first_after_warmup:
         FIRST_AFTER_WARMUP.append(True)
+    INTERVAL[0] = args.interval
     for kv in args.set:
         key, _, value = kv.partition("=")
         EXTRA_CONFIG.append(f"{key}: {value}")

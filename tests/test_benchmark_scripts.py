@@ -29,3 +29,10 @@ def test_auth_flood_benchmark_runs() -> None:
     for row in ("alone", "same wrong password", "new wrong password each time",
                 "unknown user", "known user, wrong password"):
         assert row in out, out
+
+
+def test_floor_benchmark_runs() -> None:
+    """benchmarks/floor.py: the simulator answering a minimal client, the floor the README
+    quotes under the warm-scrape figure."""
+    out = run("floor.py", "--portals", "2", "--rounds", "1")
+    assert "2 HTTPS portals, 6 calls of 200 ms at once, 1 rounds: median" in out, out
