@@ -65,6 +65,20 @@ class Pending(NamedTuple):
         return f"Pending({self.endpoint!r})"
 
 
+def _watched(watchdog: Watchdog, exchange: _Answer) -> tuple[bytes, int, float | None]:
+    """Run one exchange under its Watchdog: once the socket was cut at the deadline, whatever
+    was read is not the answer, and whatever failed failed as `timeout`."""
+    try:
+        result = exchange()
+    except FetchError as exc:
+        if watchdog.fired and exc.reason != "timeout":
+            raise FetchError("timeout", "answer not complete before the deadline") from None
+        raise
+    if watchdog.fired:
+        raise FetchError("timeout", "answer not complete before the deadline")
+    return result
+
+
 def _retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
@@ -247,16 +261,8 @@ class DocSpaceClient:
             watchdog = Watchdog(remaining)
             CURRENT.watchdog = watchdog
             try:
-                result = self._exchange(watchdog, method, url, deadline, params, json_body,
-                                        headers, remaining)
-                if watchdog.fired:  # the socket was cut: whatever was read is not the answer
-                    raise FetchError("timeout", "answer not complete before the deadline")
-                return result
-            except FetchError as exc:
-                if watchdog.fired and exc.reason != "timeout":
-                    raise FetchError("timeout", "answer not complete before the deadline"
-                                     ) from None
-                raise
+                return _watched(watchdog, lambda: self._exchange(
+                    watchdog, method, url, deadline, params, json_body, headers, remaining))
             finally:
                 CURRENT.watchdog = None
                 watchdog.stop()
@@ -348,16 +354,8 @@ class DocSpaceClient:
         logs in or calls again: complete() does. Raises FetchError."""
         watchdog = pending.watchdog
         try:
-            resp = self._transport.finish(pending.sent)
-            result = self._answer(watchdog, resp, pending.deadline)
-            if watchdog.fired:
-                raise FetchError("timeout", "answer not complete before the deadline")
-            return result
-        except FetchError as exc:
-            if watchdog.fired and exc.reason != "timeout":
-                raise FetchError("timeout", "answer not complete before the deadline"
-                                 ) from None
-            raise
+            return _watched(watchdog, lambda: self._answer(
+                watchdog, self._transport.finish(pending.sent), pending.deadline))
         finally:
             watchdog.stop()
             self._release()
