@@ -326,6 +326,66 @@ def test_raw_misbehaviour(name: str, respond: Callable[[socket.socket, bytes, th
             r.getMessage() for r in caplog.records]
 
 
+KEPT_ALIVE_CASES = [c for c in RAW_CASES if c[0] in (
+    "header_drip", "gzip_bomb", "endless_chunked_body", "deeply_nested_json")]
+
+
+@pytest.mark.parametrize("name,respond,reason", KEPT_ALIVE_CASES,
+                         ids=[c[0] for c in KEPT_ALIVE_CASES])
+def test_raw_misbehaviour_on_a_kept_alive_connection(
+        name: str, respond: Callable[[socket.socket, bytes, threading.Event], None],
+        reason: str, sim_with_good: Simulator, caplog: pytest.LogCaptureFixture,
+        exporters: Callable[..., RunningExporter]) -> None:
+    """The same answers on connections the portal kept open from a healthy scrape: the calls
+    are then sent ahead and read when their answer arrives (exporter/dispatch.py), and fail
+    exactly as a call made whole does."""
+    hostile = threading.Event()
+    connections = [0]
+    backup_calls_on: list[int] = []  # the connection of each backup call, in order
+
+    def serve(sock: socket.socket, head: bytes, stop: threading.Event) -> None:
+        connections[0] += 1
+        me = connections[0]
+        while True:
+            if b"/backup/" in head:
+                backup_calls_on.append(me)
+            if hostile.is_set():
+                break
+            # healthy answers, the connection kept open
+            body = b'{"count":0,"links":[],"status":0,"statusCode":200}'
+            if b"getbackuphistory" in head:
+                body = b'{"response":[],"count":0,"links":[],"status":0,"statusCode":200}'
+            stop.wait(0.2)  # the four calls overlap: a connection each
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+        respond(sock, head, stop)
+
+    with RawServer(serve) as srv:
+        ex = exporters(_config(sim_with_good, _url_portal(srv.url())))
+        healthy = assert_complete(ex.scrape())
+        assert value(healthy, "docspace_up", portal="broken") == 1.0
+        hostile.set()
+        opened = connections[0]
+        ahead = ex.app.scraper.sent_ahead
+        rss0 = rss_bytes()
+        with caplog.at_level(logging.WARNING):
+            check_scrape(ex, _all(reason), before=healthy)
+        # every backup call went out on a connection kept from the healthy scrape: sent
+        # ahead (settings and tariff, which failed to parse then, may open new ones)
+        assert len(backup_calls_on) == 2 * len(ENDPOINTS)
+        assert max(backup_calls_on[len(ENDPOINTS):]) <= opened, (backup_calls_on, opened)
+        assert ex.app.scraper.sent_ahead - ahead >= len(ENDPOINTS)
+        assert rss_bytes() - rss0 < 16 * 1024 * 1024
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [
+            r.getMessage() for r in caplog.records]
+
+
 def test_stuck_portal_does_not_stay_stuck(sim_with_good: Simulator,
                                           exporters: Callable[..., RunningExporter]) -> None:
     """A call that never ends must not be joined by later scrapes: each scrape asks again and
