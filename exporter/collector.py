@@ -124,9 +124,10 @@ class Scraper:
     def warm(self, portals: Iterable[PortalConfig]) -> threading.Event:
         """Open each portal's connections in the background (WARM_THREADS at a time), so
         the first scrape after a start or a reload does not spend its deadline on 3000 TLS
-        handshakes at once. The returned event is set when every portal was tried."""
-        # Last portal first: a scrape that arrives during the warm-up calls the portals
-        # first to last, so the two meet in the middle instead of racing for the same ones.
+        handshakes at once. While a scrape runs it waits, then opens what is still missing.
+        The returned event is set when every portal was tried."""
+        # Last portal first: a scrape calls the portals first to last, so the portals a
+        # warm-up reached before a scrape came are the ones that scrape reaches last.
         todo = iter(list(portals)[::-1])
         lock = threading.Lock()
         done = threading.Event()
