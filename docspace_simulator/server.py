@@ -371,10 +371,10 @@ class Simulator:
             h.send(EMPTY_405)
             return
 
-        req = Request(self, h, portal, endpoint, method, query, body, raw)
+        port = int(h.connection.getsockname()[1])
+        req = Request(self, h, portal, endpoint, method, query, body, raw, port)
         name = portal.name
         auth = req.header("Authorization")
-        port = int(h.connection.getsockname()[1])
         with self._lock:
             self._requests[(name, endpoint)] += 1
             if auth is not None:
@@ -391,9 +391,17 @@ class Simulator:
                 return
             self._serve(req)
         finally:
-            with self._lock:
-                self._inflight[name] -= 1
-                self._inflight_port[port] -= 1
+            self._leave(req)
+
+    def _leave(self, req: Request) -> None:
+        """The request no longer counts as in flight (once, whichever comes first: its
+        answer is about to be written, or its handler is done)."""
+        with self._lock:
+            if req.left:
+                return
+            req.left = True
+            self._inflight[req.portal.name] -= 1
+            self._inflight_port[req.port] -= 1
 
     def _take_rate_limit(self, p: SimPortal) -> bool:
         with self._lock:

@@ -138,6 +138,8 @@ class Request:
     query: str
     body: bytes
     raw: str  # the request target: path and query
+    port: int = 0  # the listening port it came in on
+    left: bool = False  # no longer counted in flight (Simulator._leave)
 
     def header(self, name: str) -> str | None:
         return self.handler.headers.get(name)
@@ -150,7 +152,10 @@ class Request:
         return f"http://{host}{self.raw}"
 
     def send(self, resp: Resp) -> None:
-        """Write the whole answer (head and body in one write)."""
+        """Write the whole answer (head and body in one write). The request stops counting
+        as in flight just before: a client may send its next call the moment the answer is
+        in, sooner than this thread gets back to count it out."""
+        self.sim._leave(self)
         self.handler.send(resp)
 
     def head(self, resp: Resp, length: int | None = None) -> bytes:
