@@ -315,6 +315,17 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+def read_request_head(sock: socket.socket, limit: int = 65536) -> bytes:
+    """The next request's line and headers from `sock`; b"" when the peer closed first."""
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < limit:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return b""
+        head += chunk
+    return head
+
+
 class RawServer:
     """A loopback TCP (or TLS) server whose `respond(sock, request_head)` does anything a
     broken portal might: drip headers, gzip bombs, chunked floods. Records what it was sent."""
@@ -340,14 +351,11 @@ class RawServer:
                         with outer._lock:
                             outer.handshake_failures += 1
                         return
-                head = b""
                 try:
-                    while b"\r\n\r\n" not in head and len(head) < 65536:
-                        chunk = sock.recv(4096)
-                        if not chunk:
-                            return
-                        head += chunk
+                    head = read_request_head(sock)
                 except OSError:
+                    return
+                if not head:
                     return
                 with outer._lock:
                     outer.requests.append(head)

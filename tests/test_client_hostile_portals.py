@@ -35,6 +35,7 @@ from tests.harness import (
     closed_port,
     errors,
     make_certs,
+    read_request_head,
     rss_bytes,
     value,
 )
@@ -239,9 +240,7 @@ def test_tls_with_ca_file_works(sim_with_good: Simulator, tmp_path: Path,
     ctx.load_cert_chain(certs.server_cert, certs.server_key)
 
     def respond(sock: socket.socket, head: bytes, stop: threading.Event) -> None:
-        body = b'{"count":0,"links":[],"status":0,"statusCode":200}'
-        if b"getbackuphistory" in head:
-            body = b'{"response":[],"count":0,"links":[],"status":0,"statusCode":200}'
+        body = _healthy_body(head)
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
                      + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
 
@@ -254,6 +253,13 @@ def test_tls_with_ca_file_works(sim_with_good: Simulator, tmp_path: Path,
 
 
 # --- raw misbehaviour the simulator has no scenario for ----------------------------------------
+
+
+def _healthy_body(head: bytes) -> bytes:
+    """A valid empty answer to the request `head`: history is a list, the rest no data."""
+    if b"getbackuphistory" in head:
+        return b'{"response":[],"count":0,"links":[],"status":0,"statusCode":200}'
+    return b'{"count":0,"links":[],"status":0,"statusCode":200}'
 
 
 def _header_drip(sock: socket.socket, head: bytes, stop: threading.Event) -> None:
@@ -352,18 +358,13 @@ def test_raw_misbehaviour_on_a_kept_alive_connection(
             if hostile.is_set():
                 break
             # healthy answers, the connection kept open
-            body = b'{"count":0,"links":[],"status":0,"statusCode":200}'
-            if b"getbackuphistory" in head:
-                body = b'{"response":[],"count":0,"links":[],"status":0,"statusCode":200}'
+            body = _healthy_body(head)
             stop.wait(0.2)  # the four calls overlap: a connection each
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                          b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
+            head = read_request_head(sock)
+            if not head:
+                return
         respond(sock, head, stop)
 
     with RawServer(serve) as srv:
@@ -394,10 +395,7 @@ def test_stuck_portal_does_not_stay_stuck(sim_with_good: Simulator,
 
     def respond(sock: socket.socket, head: bytes, stop: threading.Event) -> None:
         if fixed.is_set():
-            body = b'{"count":0,"links":[],"status":0,"statusCode":200}'
-            if b"getbackuphistory" in head:
-                body = b'{"response":[],"count":0,"links":[],"status":0,"statusCode":200}'
-            _responder(body)(sock, head, stop)
+            _responder(_healthy_body(head))(sock, head, stop)
             return
         _header_drip(sock, head, stop)
 

@@ -15,7 +15,7 @@ import pytest
 from exporter.client import DocSpaceClient, FetchError
 from exporter.config import ApiKeyAuth, Auth, PasswordAuth, PortalConfig, Secret
 from exporter.transport import WatchedConnection, WatchedHTTPSConnection
-from tests.harness import make_certs, wait_for
+from tests.harness import make_certs, read_request_head, wait_for
 
 BODY = b'{"count":0,"status":0,"statusCode":200}'
 DRIP_BYTES = 40  # x 0.1 s: the answer is whole after ~4 s, long past the 1 s deadline
@@ -48,12 +48,9 @@ class _DripServer:
     def _serve(self, conn: socket.socket) -> None:
         try:
             conn.settimeout(5)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                data = conn.recv(4096)
-                if not data:
-                    return
-                head += data
+            head = read_request_head(conn)
+            if not head:
+                return
             self.requests.append(head.split(b"\r\n", 1)[0])
             conn.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
             for _ in range(DRIP_BYTES):
