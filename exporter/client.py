@@ -267,8 +267,7 @@ class DocSpaceClient:
                 CURRENT.watchdog = None
                 watchdog.stop()
         finally:
-            if self._host_limit is not None:
-                self._host_limit.release()
+            self._release()
 
     def _exchange(self, watchdog: Watchdog, method: str, url: str, deadline: float,
                   params: dict[str, str] | None, json_body: Any, headers: dict[str, str],
@@ -365,6 +364,12 @@ class DocSpaceClient:
         (Retry-After, a login again after a 401) -> the parsed value. Raises FetchError."""
         return self.fetch(pending.endpoint, pending.deadline,
                           first=(lambda: answer, pending.auth_header))
+
+    def abandon(self, pending: Pending) -> None:
+        """Give up a call start() sent without reading its answer (the exporter is shutting
+        down): its Watchdog stops and its host slot is freed."""
+        pending.watchdog.stop()
+        self._release()
 
     def _release(self) -> None:
         if self._host_limit is not None:

@@ -334,12 +334,11 @@ class Scraper:
         portal then makes them in turn on one new connection, so 1000 HTTPS portals cost
         1000 TLS handshakes in the first scrape instead of 4000 (CPU-bound here: ~2.5 ms
         each, plus as much in the server), and their calls still fit in the slots."""
+        with self._lock:  # no client yet (a start, a changed portal): nothing open
+            clients = [self._clients.get(p.name) for p in portals]
         missing = 0
-        for p in portals:
-            try:
-                open_now = _idle(self._client(p))
-            except Exception:  # noqa: BLE001 - _start reports it
-                open_now = None
+        for p, client in zip(portals, clients, strict=True):
+            open_now = 0 if client is None or client.portal != p else _idle(client)
             if open_now is not None:
                 missing += max(0, (4 if p.history else 3) - open_now)
         return missing > self._max_workers

@@ -85,8 +85,7 @@ class _Ahead:
 
     def fail(self, exc: BaseException) -> None:
         """The answer cannot be read (the exporter is shutting down)."""
-        self.pending.watchdog.stop()
-        self.client._release()
+        self.client.abandon(self.pending)
         self.read_done()
         self.future.set_exception(exc)
 
