@@ -294,8 +294,15 @@ def _chunked_flood(sock: socket.socket, head: bytes, stop: threading.Event) -> N
         sock.sendall(chunk)
 
 
+def _cut_short(sock: socket.socket, head: bytes, stop: threading.Event) -> None:
+    """Content-Length promises more than the body that comes before the connection closes."""
+    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 200\r\n\r\n" + _healthy_body(head)[:20])
+
+
 RAW_CASES: list[tuple[str, Callable[[socket.socket, bytes, threading.Event], None], str]] = [
     ("header_drip", _header_drip, "timeout"),
+    ("body_cut_short", _cut_short, "connection"),
     ("gzip_bomb", _responder(_gzip_bomb(), b"Content-Encoding: gzip\r\n"), "invalid_response"),
     ("endless_chunked_body", _chunked_flood, "invalid_response"),
     # 200k nested arrays: under the size cap, but deeper than any JSON parser recurses.

@@ -9,9 +9,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from docspace_simulator import Simulator
 from exporter.client import DocSpaceClient, FetchError
 from exporter.config import ApiKeyAuth, Auth, PasswordAuth, PortalConfig, Secret
 from exporter.transport import WatchedConnection, WatchedHTTPSConnection
@@ -115,3 +117,32 @@ def test_the_one_connection_class_serves_both_schemes() -> None:
     assert pools["http"].ConnectionCls is WatchedConnection
     assert pools["https"].ConnectionCls is WatchedHTTPSConnection
     assert issubclass(WatchedHTTPSConnection, WatchedConnection)
+
+
+def test_an_answer_of_known_length_is_read_at_once_and_its_connection_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual answer (Content-Length, no Content-Encoding) is read with one read of its
+    length, not read1() chunk by chunk, and its connection still goes back to the pool."""
+    import urllib3
+
+    chunked_reads: list[int] = []
+    read1 = urllib3.response.HTTPResponse.read1
+
+    def counting_read1(self: Any, *args: Any, **kwargs: Any) -> bytes:
+        chunked_reads.append(1)
+        return read1(self, *args, **kwargs)
+
+    monkeypatch.setattr(urllib3.response.HTTPResponse, "read1", counting_read1)
+    with Simulator("127.0.0.1", 0) as sim:
+        sim.add_portal("p")
+        client = DocSpaceClient(PortalConfig(name="p", url=sim.portal_url("p"),
+                                             auth=ApiKeyAuth(Secret(sim.portal("p").api_key))))
+        try:
+            first = client.schedule(time.monotonic() + 5)
+            second = client.schedule(time.monotonic() + 5)
+        finally:
+            client.close()
+        assert first == second and first is not None
+        assert sim.request_count("p", "schedule") == 2
+        assert sim.connections_opened == 1  # the first answer was read whole: kept alive
+    assert chunked_reads == []
