@@ -51,6 +51,13 @@ class SideCache:
                 return True
             return self._timer() - side.read_at >= SIDE_REFRESH
 
+    def failed(self, portal: PortalConfig, endpoint: str) -> bool:
+        """Whether the last read of the endpoint failed (it is read again on the next
+        scrape, whatever else is due: contract 5a)."""
+        with self._lock:
+            side = self._entries(portal).get(endpoint)
+            return side is not None and side.failed
+
     def store(self, portal: PortalConfig, endpoint: str, ok: bool, value: Any) -> None:
         with self._lock:
             side = self._entries(portal).setdefault(endpoint, _Side())

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
 from docspace_simulator import Simulator
-from exporter.collector import SIDE_REFRESH, DocSpaceCollector, Scraper
+from exporter.collector import SIDE_MIN, SIDE_REFRESH, SIDE_SPREAD, DocSpaceCollector, Scraper
 from exporter.config import PortalConfig, parse_config
 from tests.harness import portal_config
 
@@ -176,3 +176,32 @@ def test_config_timezone_is_validated() -> None:
         with pytest.raises(ConfigError) as e:
             parse_config({"portals": [dict(base, timezone=bad)]})
         assert e.value.problems[0].startswith("portals[0].timezone: ")
+
+
+def test_hourly_reads_are_spread_over_scrapes_but_a_failed_one_is_retried_at_once(
+        sim: Simulator) -> None:
+    """After a start, 40 portals do not all read settings and tariff in one scrape: at most
+    max(SIDE_MIN, max_concurrency / SIDE_SPREAD) portals start them per scrape (16 here),
+    each portal still reads each once, and a read that failed comes again on the very next
+    scrape even when that scrape's share is taken (contract 5a)."""
+    sps = [sim.add_portal(f"p{i:02d}") for i in range(40)]
+    portals = [portal_config(sim, sp) for sp in sps]
+    sps[0].settings_status = 403  # among the first 16
+    scraper = Scraper(max_workers=8)
+    assert max(SIDE_MIN, 8 // SIDE_SPREAD) == 16
+    try:
+        assert scraper.warm(portals).wait(30)  # connections open: no scrape is paced
+        per_scrape = []
+        for i in range(4):
+            before = sim.request_count(endpoint="settings")
+            data = scraper.scrape(portals, 8.0)
+            assert all(d.up for d in data), [d.failed for d in data if not d.up]
+            per_scrape.append(sim.request_count(endpoint="settings") - before)
+            if i == 0:
+                sps[0].settings_status = None
+    finally:
+        scraper.close()
+    # 16 new ones, then p00 again (failed) beside 16 new ones, then the last 8
+    assert per_scrape == [16, 17, 8, 0]
+    assert [sim.request_count(sp.name, "settings") for sp in sps] == [2] + [1] * 39
+    assert [sim.request_count(sp.name, "tariff") for sp in sps] == [1] * 40
