@@ -24,6 +24,7 @@ from urllib3.util.wait import wait_for_read
 from exporter import __version__
 from exporter.config import PortalConfig
 from exporter.errors import FetchError, classify, classify_body
+from exporter.response import Response
 from exporter.watchdog import watch
 
 CHUNK = 64 * 1024
@@ -36,7 +37,10 @@ def _readable(sock: Any) -> bool:
 class WatchedConnection(HTTPConnection):
     """The one connection class: it hands its socket to the watchdog of the call using it
     (exporter.watchdog), on connect and on each request (a kept-alive connection is not
-    connected again). WatchedHTTPSConnection is its HTTPS variant."""
+    connected again). WatchedHTTPSConnection is its HTTPS variant. Its answers' header
+    blocks are read without the email package when they are plain (exporter/response.py)."""
+
+    response_class = Response
 
     def connect(self) -> None:
         super().connect()
