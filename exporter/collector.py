@@ -204,8 +204,8 @@ class Scraper:
 
     # -- fetching ---------------------------------------------------------------------
 
-    def _start(self, portal: PortalConfig, deadline: float, paced: bool = False,
-               side_budget: list[int] | None = None) -> _Fetch:
+    def _start(self, portal: PortalConfig, deadline: float, paced: bool,
+               side_budget: list[int]) -> _Fetch:
         """Join the portal's in-flight fetch, or start one. DocSpace allows 50 concurrent
         GETs per user; sharing keeps two Prometheus servers from doubling the load.
 
@@ -237,7 +237,7 @@ class Scraper:
         if open_now is not None and open_now < len(calls):
             # The hourly reads wait for a scrape that does not pace this portal.
             calls, turn = calls[:open_now], calls[open_now:]
-        elif turn and side_budget is not None and not any(
+        elif turn and not any(
                 self._side.failed(portal, name) for name, _ in turn):
             if side_budget[0] <= 0:
                 turn = []  # a later scrape reads them

@@ -13,8 +13,8 @@ this class.
 
 from __future__ import annotations
 
-import email.parser
 import http.client
+import io
 import re
 from typing import Any
 
@@ -42,7 +42,8 @@ def read_header_lines(fp: Any) -> list[bytes]:
 
 
 def parse_header_lines(lines: list[bytes]) -> http.client.HTTPMessage:
-    """What http.client.parse_headers makes of these lines."""
+    """What http.client.parse_headers makes of these lines (it reads a block that is not
+    plain itself)."""
     block = b"".join(lines)
     if _PLAIN.fullmatch(block):
         msg = http.client.HTTPMessage()
@@ -51,10 +52,7 @@ def parse_header_lines(lines: list[bytes]) -> http.client.HTTPMessage:
             # the email policy's header_source_parse: leading blanks off, the CRLF off
             msg.set_raw(name, value.lstrip(" \t")[:-2])
         return msg
-    parsed = email.parser.Parser(_class=http.client.HTTPMessage).parsestr(
-        block.decode("iso-8859-1"))
-    assert isinstance(parsed, http.client.HTTPMessage)
-    return parsed
+    return http.client.parse_headers(io.BytesIO(block))
 
 
 class Response(http.client.HTTPResponse):

@@ -426,7 +426,8 @@ def read_body(resp: Any, limit: int, deadline: float, timer: Callable[[], float]
     headers = resp.headers
     length = headers.get("Content-Length")
     if length and length.isascii() and length.isdigit():
-        if int(length) > limit:
+        size = int(length)
+        if size > limit:
             raise FetchError("invalid_response", f"answer larger than {limit} bytes")
         if not headers.get("Content-Encoding") and not headers.get("Transfer-Encoding"):
             # The usual answer: its size known, nothing to decode. One read of exactly that
@@ -434,12 +435,12 @@ def read_body(resp: Any, limit: int, deadline: float, timer: Callable[[], float]
             # call, benchmarks/README.md); a body that stalls is ended by the Watchdog, one
             # that ends early fails as the loop's would.
             try:
-                body = resp.read(int(length), decode_content=False)
+                body = resp.read(size, decode_content=False)
             except Exception as exc:  # noqa: BLE001 - urllib3/socket errors mid-body
                 raise classify_body(exc) from None
             if deadline - timer() <= 0:
                 raise FetchError("timeout", "answer not complete before the deadline")
-            if len(body) != int(length):  # the connection closed before the whole body
+            if len(body) != size:  # the connection closed before the whole body
                 raise FetchError("connection", "connection broke while reading the answer")
             return bytes(body)
     chunks: list[bytes] = []
