@@ -27,7 +27,8 @@ SWITCH_INTERVAL = 0.02  # seconds; sys.setswitchinterval, see main()
 def parse_listen_address(value: str) -> tuple[str, int]:
     """`:10057`, `0.0.0.0:10057`, `127.0.0.1:10057`, `[::1]:10057` -> (host, port)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    # str.isdigit() is also true for '²' and other digits int() does not take
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (e.g. :10057)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

@@ -112,8 +112,8 @@ class Problems:
         return False
 
     def positive_int(self, path: str, value: Any) -> int | None:
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+            value = int(value)  # ASCII only: str.isdigit() is also true for '²' and '٣'
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             self.problem(path, "must be a whole number of at least 1")
             return None

@@ -171,7 +171,7 @@ class Handler(BaseHTTPRequestHandler):
     def _drain_body(self) -> None:
         """Read a request body so the connection stays usable (or close it if too big)."""
         length = self.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) <= 65536:
+        if length and length.isascii() and length.isdigit() and int(length) <= 65536:
             self.rfile.read(int(length))
         elif length or self.headers.get("Transfer-Encoding"):
             self.close_connection = True

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from exporter.auth import BCRYPT_HASH, RateLimit
-from exporter.config import ConfigError
+from exporter.config import ConfigError, duplicate_keys
 from exporter.tlsserver import tls_context
 
 # Every key of exporter-toolkit's docs/web-configuration.md is either applied with the effect
@@ -55,9 +55,15 @@ def load_web_config(path: str | None) -> WebConfig:
         return WebConfig()
     problems: list[str] = []
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
+        # A key written twice is refused, as exporter-toolkit's strict YAML does: PyYAML
+        # would keep the second without a word, and the first is a security setting too.
+        problems.extend(duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader)))
+        data = yaml.safe_load(text)
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read web config: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: web config is not UTF-8 text"]) from None
     except yaml.YAMLError:
         raise ConfigError([f"{path}: web config is not valid YAML"]) from None
     if data is None:

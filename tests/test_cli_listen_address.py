@@ -17,7 +17,9 @@ GOOD = [
     ("localhost:65535", ("localhost", 65535)),
     ("127.0.0.1:0", ("127.0.0.1", 0)),
 ]
-BAD = ["", "10057", "127.0.0.1", "127.0.0.1:", ":65536", ":-1", ":port", ":1e3", ": 80"]
+# ":²" and ":٣": str.isdigit() is true for them; int() refuses the first, takes the second.
+BAD = ["", "10057", "127.0.0.1", "127.0.0.1:", ":65536", ":-1", ":port", ":1e3", ": 80",
+       "127.0.0.1:²", ":٣٣"]
 
 
 @pytest.mark.parametrize("text,expected", GOOD, ids=[g[0] for g in GOOD])
@@ -31,12 +33,11 @@ def test_refuses_with_the_form_it_wants(text: str) -> None:
         parse_listen_address(text)
 
 
-@pytest.mark.parametrize("text", [*BAD, "127.0.0.1:²"])
+@pytest.mark.parametrize("text", BAD)
 def test_the_flag_refuses_with_a_usage_error(text: str,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    """Through argparse (as the CLI parses it): exit status 2 and the flag named, no traceback.
-    ("²" passes str.isdigit() and reaches int(); argparse turns that ValueError into a usage
-    error too.)"""
+    """Through argparse (as the CLI parses it): exit status 2 and the flag named, no
+    traceback."""
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args([f"--web.listen-address={text}"])
     assert exited.value.code == 2

@@ -69,6 +69,9 @@ def test_the_loop_converts_each_key(key: str, value: Any, want: Any) -> None:
     ("timeout", "soon", "portals[0].timeout: must be a duration"),
     ("dump", "maybe", "portals[0].dump: must be true or false"),
     ("max_response_bytes", 0, "portals[0].max_response_bytes: must be a whole number"),
+    # str.isdigit() is true for these; int() crashed on the first and took the second as 3
+    ("max_response_bytes", "²", "portals[0].max_response_bytes: must be a whole number"),
+    ("max_response_bytes", "٣", "portals[0].max_response_bytes: must be a whole number"),
     ("timezone", "Mars/Base", "portals[0].timezone: 'Mars/Base' is not an IANA time zone"),
     ("ca_file", "/nonexistent/ca.pem", "portals[0].ca_file: cannot read /nonexistent/ca.pem"),
 ])

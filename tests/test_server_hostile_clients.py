@@ -155,6 +155,19 @@ def test_malformed_requests_never_500_and_server_survives(
         assert ex.get("/-/healthy").status == 200
 
 
+@pytest.mark.parametrize("length", [b"\xb2", b"1\xb2", b"\xb3\xb9"])
+def test_a_content_length_of_non_ascii_digits_is_answered(
+        length: bytes, config: Config, exporters: Callable[..., RunningExporter]) -> None:
+    """A Content-Length whose characters str.isdigit() takes but int() does not ('²', read
+    as Latin-1) reached int() and ended the request with a traceback and no answer. It is
+    now a length we cannot use: the request is answered and the connection closed."""
+    ex = exporters(config)
+    reply = raw_exchange(ex.port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                         + length + b"\r\n\r\n", timeout=5)
+    assert reply.split(b"\r\n", 1)[0].split(b" ")[1] == b"200", reply[:80]
+    assert b"connection: close" in reply.lower()
+
+
 @pytest.mark.parametrize("header", [
     "0", "-1", "abc", "nan", "inf", "-inf", "1e309", "", " ", "3,3", "0x10", "1_0",
 ])

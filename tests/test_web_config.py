@@ -385,6 +385,32 @@ def test_any_value_of_any_key_is_a_config_error_never_a_crash(
             assert exc.problems and all(isinstance(p, str) for p in exc.problems)
 
 
+def test_a_key_written_twice_is_refused_not_overwritten(tmp_path: Path, pki: Pki) -> None:
+    """PyYAML keeps the second of two equal keys without a word: a client_auth_type written
+    twice, or a second basic_auth_users block, silently dropped the first security setting.
+    Refused instead, naming the key and both lines (exporter-toolkit's strict YAML refuses
+    them too)."""
+    path = tmp_path / "web.yml"
+    path.write_text(mtls_yaml(pki) + "  client_auth_type: NoClientCert\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_web_config(str(path))
+    assert any("tls_server_config.client_auth_type: duplicate key (line 6; first on line 5)"
+               in p for p in info.value.problems), info.value.problems
+    hashed = "$2b$04$" + "a" * 53
+    path.write_text(f"basic_auth_users:\n  alice: '{hashed}'\n"
+                    f"basic_auth_users:\n  bob: '{hashed}'\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_web_config(str(path))
+    assert any("basic_auth_users: duplicate key" in p for p in info.value.problems)
+
+
+def test_a_web_config_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "web.yml"
+    path.write_bytes(b"basic_auth_users:\n  \xff\xfe: x\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_web_config(str(path))
+
+
 def test_start_up_refuses_a_web_config_naming_the_key(tmp_path: Path, pki: Pki) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text("portals:\n  - name: a\n    url: https://a.example\n    api_key: sk-test\n")
