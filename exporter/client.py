@@ -26,7 +26,7 @@ from exporter.model import (
     decode_envelope,
     parse_login,
 )
-from exporter.transport import Sent, Transport, close, new_session, read_body
+from exporter.transport import Sent, Transport, close, drain, new_session, read_body
 from exporter.watchdog import CURRENT, Watchdog
 
 __all__ = ["DocSpaceClient", "FetchError"]
@@ -347,14 +347,20 @@ class DocSpaceClient:
             return None
         return Pending(endpoint, deadline, header, watchdog, sent)
 
-    def receive(self, pending: Pending) -> tuple[bytes, int, float | None]:
-        """Read the answer to a call start() sent: (body, status, Retry-After). Blocks only
-        until the answer is complete (the Watchdog ends it at the deadline); never sleeps,
-        logs in or calls again: complete() does. Raises FetchError."""
+    def drain(self, pending: Pending, buf: bytearray) -> int:
+        """Read what has arrived of the answer to a call start() sent into `buf`, without
+        waiting -> transport.MORE, COMPLETE or ELSEWHERE (transport.drain)."""
+        return drain(pending.sent, buf, self.portal.max_response_bytes)
+
+    def receive(self, pending: Pending, prefix: bytes = b"") -> tuple[bytes, int, float | None]:
+        """Read the answer to a call start() sent: (body, status, Retry-After); `prefix` is
+        what drain() read of it. Blocks only until the answer is complete (the Watchdog ends
+        it at the deadline), never when drain() found it COMPLETE; never sleeps, logs in or
+        calls again: complete() does. Raises FetchError."""
         watchdog = pending.watchdog
         try:
             return _watched(watchdog, lambda: self._answer(
-                watchdog, self._transport.finish(pending.sent), pending.deadline))
+                watchdog, self._transport.finish(pending.sent, prefix), pending.deadline))
         finally:
             watchdog.stop()
             self._release()

@@ -173,6 +173,12 @@ class Scraper:
         """Calls sent on an open connection, read when their answer arrived (a statistic)."""
         return self._dispatch.sent_ahead
 
+    @property
+    def read_in_poller(self) -> int:
+        """Answers of calls sent ahead that arrived whole and were read by the poller thread
+        itself, not handed to a worker (a statistic)."""
+        return self._dispatch.read_in_poller
+
     def _scraping(self) -> bool:
         return self._scrapes > 0
 

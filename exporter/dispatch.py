@@ -4,13 +4,19 @@ is sent by the thread that gives it its slot and read when its answer arrives.
 Why (issue 11, measured at 100 HTTPS portals, 200 ms each): with a worker thread per call,
 300 threads took turns at the GIL for every send, ~260 us of CPU each, and the last call of
 a scrape went out ~85 ms after the first. Sent from one thread they go out in ~50 ms; while
-the portals think, one poller thread waits on every socket, so no thread is parked per call,
-and a worker reads each answer once its first bytes are there.
+the portals think, one poller thread waits on every socket, so no thread is parked per call.
+
+The poller reads what arrives without waiting (transport.drain) and, once a plain answer is
+all there, reads and parses it itself: handing each answer to a worker cost ~0.2 ms of CPU
+per portal (a sixth of the exporter's) in thread wake-ups at 100 HTTPS portals. An answer that
+is not plain (chunked, unsized, a 1xx) or ends early goes to a worker, as every answer did
+before, and the worker may wait for the rest of it.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import selectors
 import socket
 import threading
@@ -20,6 +26,9 @@ from typing import Any, NamedTuple
 
 from exporter.client import DocSpaceClient, Pending
 from exporter.errors import FetchError
+from exporter.transport import COMPLETE, ELSEWHERE, MORE
+
+log = logging.getLogger(__name__)
 
 # Calls sent ahead are handed to the poller in batches of this many, so the answers to the
 # first ones are read while the last ones are still being sent (1000 portals).
@@ -47,9 +56,10 @@ def settle(future: Future[Any], fn: Callable[[float], Any], deadline: float) -> 
 
 
 class _Ahead:
-    """A call sent ahead (DocSpaceClient.start): read by a worker once its answer is there."""
+    """A call sent ahead (DocSpaceClient.start): read once its answer is there, by the poller
+    itself when every byte of it has arrived, else by a worker."""
 
-    __slots__ = ("client", "pending", "future", "read_done")
+    __slots__ = ("client", "pending", "future", "read_done", "buf")
 
     def __init__(self, client: DocSpaceClient, pending: Pending, future: Future[Any],
                  read_done: Callable[[], None]) -> None:
@@ -57,16 +67,25 @@ class _Ahead:
         self.pending = pending
         self.future = future
         self.read_done = read_done  # frees the call's slot
+        self.buf = bytearray()  # what drain() read of the answer so far
 
     def fileno(self) -> int:
         return self.pending.fileno()
 
-    def read(self, goes_on: Callable[[Callable[[], None]], None]) -> None:
-        """In a worker: read the answer, free the call's slot, then parse the answer here,
-        or queue the rest of the call (`goes_on`) when it goes on: a Retry-After sleep or a
-        login again takes a slot of its own."""
+    def drain(self) -> int:
+        """Read what has arrived, without waiting -> transport.MORE, COMPLETE or ELSEWHERE."""
         try:
-            answer = self.client.receive(self.pending)
+            return self.client.drain(self.pending, self.buf)
+        except Exception:  # noqa: BLE001 - read() will tell what is wrong
+            return ELSEWHERE
+
+    def read(self, goes_on: Callable[[Callable[[], None]], None]) -> None:
+        """Read the answer, free the call's slot, then parse the answer here, or queue the
+        rest of the call (`goes_on`) when it goes on: a Retry-After sleep or a login again
+        takes a slot of its own. Blocks only when drain() did not find the answer COMPLETE
+        (a worker does that read)."""
+        try:
+            answer = self.client.receive(self.pending, bytes(self.buf))
         except BaseException as exc:  # noqa: BLE001 - the collector records it
             self.read_done()
             self.future.set_exception(exc)
@@ -96,7 +115,7 @@ class _Poller:
     at the deadline (which makes it readable too), so no thread is parked per call.
     Only this thread touches the selector; others queue new calls and wake it."""
 
-    def __init__(self, ready: Callable[[_Ahead], None]) -> None:
+    def __init__(self, ready: Callable[[_Ahead, bool], bool]) -> None:
         self._ready = ready
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -116,7 +135,7 @@ class _Poller:
                 self._new.extend(calls)
         if closed:
             for call in calls:
-                self._ready(call)
+                self._ready(call, True)
             return
         self._wake()
 
@@ -139,7 +158,9 @@ class _Poller:
                 if call is not None:
                     self._sel.unregister(key.fd)
                     del waiting[key.fd]
-                    self._ready(call)
+                    if self._ready(call, False):  # not all of its answer is there yet
+                        self._sel.register(key.fd, selectors.EVENT_READ, call)
+                        waiting[key.fd] = call
                     continue
                 try:
                     while self._wake_r.recv(4096):
@@ -155,10 +176,10 @@ class _Poller:
                         self._sel.register(fd, selectors.EVENT_READ, call)
                         waiting[fd] = call
                     except (OSError, ValueError, KeyError, AttributeError):
-                        self._ready(call)  # no socket to wait on: reading it tells why
+                        self._ready(call, True)  # no socket to wait on: reading tells why
                 if closed:
                     for call in waiting.values():
-                        self._ready(call)
+                        self._ready(call, True)
                     self._sel.close()
                     self._wake_r.close()
                     self._wake_w.close()
@@ -181,6 +202,7 @@ class Dispatcher:
         self._lock = threading.Lock()
         self.poller = _Poller(self._read)
         self.sent_ahead = 0  # calls sent on an open connection (a statistic, unlocked)
+        self.read_in_poller = 0  # their answers the poller read itself (a statistic)
 
     def queue(self, items: list[Queued]) -> None:
         """Add calls and jobs at the end of the queue, then give out free slots."""
@@ -237,12 +259,28 @@ class Dispatcher:
         self._slots.release()
         self.pump()
 
-    def _read(self, call: _Ahead) -> None:
-        """The poller saw the answer of a call sent ahead arrive: a worker reads it."""
+    def _read(self, call: _Ahead, elsewhere: bool) -> bool:
+        """In the poller: the socket of a call sent ahead is readable. Read what has arrived
+        (drain); once the whole answer is there, read and parse it in this thread: nothing
+        in that waits, and a worker per answer cost a sixth of the exporter's CPU in thread
+        hand-offs (benchmarks/README.md). An answer that is not plain, ends early or fails is
+        read by a worker, as every answer was before; `elsewhere` sends it there at once.
+        -> True to wait for more of the answer."""
+        state = ELSEWHERE if elsewhere else call.drain()
+        if state == MORE:
+            return True
+        if state == COMPLETE:
+            self.read_in_poller += 1
+            try:
+                call.read(self._goes_on)
+            except Exception:  # noqa: BLE001 - the poller thread must go on
+                log.exception("reading an answer failed")
+            return False
         try:
             self.pool.submit(call.read, self._goes_on)
         except RuntimeError:  # shut down during exit
             call.fail(FetchError("connection", "exporter is shutting down"))
+        return False
 
     def _goes_on(self, rest: Callable[[], None]) -> None:
         """The rest of a call sent ahead waits for a slot like any call."""

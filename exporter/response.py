@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import io
 import re
+import threading
 from typing import Any
 
 # http.client's limits (_MAXLINE, _MAXHEADERS), restated: those names are private.
@@ -41,11 +42,17 @@ def read_header_lines(fp: Any) -> list[bytes]:
             return lines
 
 
+def is_plain_block(block: bytes) -> bool:
+    """True for a header block (after the status line, up to and including the empty line)
+    of plain `name: value` lines only."""
+    return _PLAIN.fullmatch(block) is not None
+
+
 def parse_header_lines(lines: list[bytes]) -> http.client.HTTPMessage:
     """What http.client.parse_headers makes of these lines (it reads a block that is not
     plain itself)."""
     block = b"".join(lines)
-    if _PLAIN.fullmatch(block):
+    if is_plain_block(block):
         msg = http.client.HTTPMessage()
         for line in lines[:-1]:
             name, _, value = line.decode("iso-8859-1").partition(":")
@@ -55,9 +62,48 @@ def parse_header_lines(lines: list[bytes]) -> http.client.HTTPMessage:
     return http.client.parse_headers(io.BytesIO(block))
 
 
+# Bytes of an answer already read off its socket (transport.drain), handed to the Response
+# that getresponse() makes next in this thread (Transport.finish sets and clears it).
+PREFIX = threading.local()
+
+
+class _PrefixRaw(io.RawIOBase):
+    """A raw stream that gives `prefix` first, then reads the socket's own raw stream."""
+
+    def __init__(self, prefix: bytes, raw: Any) -> None:
+        super().__init__()
+        self._prefix = memoryview(prefix)
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int | None:
+        if self._prefix:
+            n = min(len(b), len(self._prefix))
+            b[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        return self._raw.readinto(b)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()  # the socket's reference count (socket.makefile)
+        super().close()
+
+
 class Response(http.client.HTTPResponse):
     """http.client.HTTPResponse; begin() is CPython's own (3.10-3.13 alike, debug output
-    left out) but for the header block, read by read_header_lines/parse_header_lines."""
+    left out) but for the header block, read by read_header_lines/parse_header_lines. An
+    answer whose first bytes (or all) were read off the socket ahead (PREFIX) is read from
+    them first, then from the socket."""
+
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        prefix = getattr(PREFIX, "data", None)
+        if prefix:
+            PREFIX.data = None
+            self.fp = io.BufferedReader(_PrefixRaw(prefix, self.fp.detach()))
 
     def begin(self) -> None:
         if self.headers is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import http.cookiejar
 import os
+import re
 import ssl
 import threading
 import weakref
@@ -24,7 +25,7 @@ from urllib3.util.wait import wait_for_read
 from exporter import __version__
 from exporter.config import PortalConfig
 from exporter.errors import FetchError, classify, classify_body
-from exporter.response import Response
+from exporter.response import PREFIX, Response, is_plain_block
 from exporter.watchdog import watch
 
 CHUNK = 64 * 1024
@@ -339,16 +340,20 @@ class Transport:
         return Sent(pool, conn)
 
     @staticmethod
-    def finish(sent: Sent) -> Any:
+    def finish(sent: Sent, prefix: bytes = b"") -> Any:
         """Wait for the answer to a call begin() sent -> the urllib3 response, body not read
-        (as send() returns it). Raises FetchError."""
+        (as send() returns it). `prefix`: what drain() already read of it. Raises
+        FetchError."""
         conn = sent.conn
+        PREFIX.data = prefix
         try:
             resp = conn.getresponse()
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
             conn.close()
             sent.pool._put_conn(None)
             raise classify(exc) from None
+        finally:
+            PREFIX.data = None
         # What urlopen sets: releasing the response puts the connection back in its pool.
         resp._connection = conn
         resp._pool = sent.pool
@@ -415,6 +420,93 @@ class Transport:
             for conn in conns:
                 pool._put_conn(conn)  # type: ignore[union-attr]
         return opened, error
+
+
+# What drain() found of an answer on its socket.
+MORE = 0  # not all there yet: wait until more arrives
+COMPLETE = 1  # all there: reading it from the drained bytes never waits
+ELSEWHERE = 2  # anything else: a thread reads it the usual way, which may wait
+# A header block longer than this is not waited for in drain() (http.client's own limits
+# then apply in the thread that reads it).
+HEAD_CAP = 64 * 1024
+_STATUS = re.compile(rb"HTTP/1\.[01] ([2-5][0-9][0-9])(?: [^\r\n]*)?\r\n")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def drain(sent: Sent, buf: bytearray, limit: int) -> int:
+    """Read what has arrived of the answer to a call begin() sent, without waiting, into
+    `buf` -> MORE, COMPLETE or ELSEWHERE. finish(sent, bytes(buf)) reads the answer from
+    those bytes first.
+
+    COMPLETE only for the answer DocSpace and nginx send (a status line, plain header lines,
+    one Content-Length of at most `limit`, no Transfer-Encoding) once every byte of it is in
+    `buf`, so a thread that reads it never blocks: the poller thread reads such answers
+    itself (exporter/dispatch.py). The end of the connection, a socket error, a 1xx, chunked
+    or unsized answer are ELSEWHERE, read as before by a worker."""
+    sock = getattr(sent.conn, "sock", None)
+    if sock is None:
+        return ELSEWHERE
+    try:
+        timeout = sock.gettimeout()
+        sock.setblocking(False)
+    except OSError:
+        return ELSEWHERE
+    try:
+        while True:
+            try:
+                chunk = sock.recv(CHUNK)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                return MORE
+            except OSError:  # reset, a TLS alert, a write the TLS layer wants, ...
+                return ELSEWHERE
+            if not chunk:  # closed, or cut by the Watchdog at the deadline
+                return ELSEWHERE
+            buf += chunk
+            state = answer_state(buf, limit)
+            if state != MORE:
+                return state
+    finally:
+        try:
+            sock.settimeout(timeout)
+        except OSError:
+            pass
+
+
+def answer_state(buf: bytes | bytearray, limit: int) -> int:
+    """Whether `buf` holds a whole plain answer with its Content-Length (COMPLETE), the start
+    of one (MORE), or something to read the usual way (ELSEWHERE)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        # Not over yet, unless it is not what we wait for: a first line that is not a
+        # status line of ours (HTTP/0.9, a 1xx, junk) or lines ending in a bare LF, which
+        # http.client reads (so waiting here would turn its answer into a timeout).
+        if len(buf) > HEAD_CAP or _BARE_LF.search(buf):
+            return ELSEWHERE
+        if b"\n" in buf:
+            return MORE if _STATUS.match(buf) else ELSEWHERE
+        return MORE if b"HTTP/1."[:len(buf)] == bytes(buf[:7]) else ELSEWHERE
+    status = _STATUS.match(buf)
+    if status is None:
+        return ELSEWHERE
+    block = bytes(buf[status.end():end + 4])
+    if not is_plain_block(block):
+        return ELSEWHERE
+    length = None
+    for line in block.split(b"\r\n")[:-2]:
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name == b"transfer-encoding" or (name == b"content-length" and length is not None):
+            return ELSEWHERE
+        if name == b"content-length":
+            value = value.strip()
+            if not (value.isdigit() and len(value) <= 12):
+                return ELSEWHERE
+            length = int(value)
+    if status[1] in (b"204", b"304"):
+        length = 0
+    if length is None or length > limit:
+        return ELSEWHERE
+    return COMPLETE if len(buf) >= end + 4 + length else MORE
 
 
 def read_body(resp: Any, limit: int, deadline: float, timer: Callable[[], float]) -> bytes:

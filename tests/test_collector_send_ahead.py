@@ -52,6 +52,8 @@ def test_warm_scrape_sends_every_call_ahead_without_a_thread_per_call(
             assert all(d.up for d in data), [d.failed for d in data if not d.up]
         # every backup call, and settings and tariff (first scrape), none made whole
         assert scraper.sent_ahead == 2 * 60 + 20 * 2
+        # every answer arrived whole and plain: the poller read each itself, no worker
+        assert scraper.read_in_poller == scraper.sent_ahead
         assert ports_sim.connections_opened == opened  # every call found a connection
         assert all(ports_sim.max_concurrency(p.name) == 3 for p in portals)  # together
         assert ports_sim.request_count(endpoint="schedule") == 40
@@ -153,3 +155,4 @@ def test_a_finished_scrape_leaves_no_reference_cycles(ports_sim: Simulator) -> N
     finally:
         scraper.close()
     assert not made, made.most_common(10)
+

@@ -102,8 +102,8 @@ class _Sock:
      "GET"),
 ])
 def test_begin_is_http_clients(raw: bytes, method: str) -> None:
-    ours, ref = Response(_Sock(raw), method=method), http.client.HTTPResponse(  # type: ignore[arg-type]
-        _Sock(raw), method=method)  # type: ignore[arg-type]
+    ours = Response(_Sock(raw), method=method)
+    ref = http.client.HTTPResponse(_Sock(raw), method=method)  # type: ignore[arg-type]
     ours.begin()
     ref.begin()
     for attr in ("status", "reason", "version", "chunked", "will_close", "length"):
@@ -115,7 +115,7 @@ def test_begin_is_http_clients(raw: bytes, method: str) -> None:
 def test_unknown_protocol_as_http_client() -> None:
     raw = b"HTTP/2.0 200 OK\r\n\r\n"
     with pytest.raises(http.client.UnknownProtocol):
-        Response(_Sock(raw), method="GET").begin()  # type: ignore[arg-type]
+        Response(_Sock(raw), method="GET").begin()
     with pytest.raises(http.client.UnknownProtocol):
         http.client.HTTPResponse(_Sock(raw), method="GET").begin()  # type: ignore[arg-type]
 
