@@ -318,12 +318,25 @@ class DocSpaceClient:
         it. None, with nothing sent and nothing held, when the call cannot start that way
         (no open connection, a login due, no free slot at the host, the deadline passed):
         the caller then makes the whole call with fetch(). Raises FetchError when the send
-        fails (the call is then over)."""
-        if self.needs_login():
-            return None
+        fails (the call is then over).
+
+        It never waits: it runs in the thread that hands out slots, which may be the poller
+        (exporter/dispatch.py). A login in progress in another thread (the login lock held
+        for a whole HTTP call) makes it None too: the call then waits for that login in a
+        worker."""
+        if isinstance(self.portal.auth, PasswordAuth):
+            if not self._login_lock.acquire(blocking=False):
+                return None
+            try:
+                header = self._token if self._token_valid() else None
+            finally:
+                self._login_lock.release()
+            if header is None:
+                return None
+        else:
+            header = self._auth_header()
         ep = BY_NAME[endpoint]
         params = {"Dump": "true"} if self.portal.dump and ep.dump else None
-        header = self._auth_header()
         headers = {"Authorization": header} if header else {}
         remaining = deadline - self._timer()
         if remaining <= 0:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import collections
 import gc
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from docspace_simulator import Simulator
+from exporter.client import DocSpaceClient
 from exporter.collector import Scraper
 from exporter.results import value
 from tests.harness import portal_config, wait_for
@@ -156,3 +159,28 @@ def test_a_finished_scrape_leaves_no_reference_cycles(ports_sim: Simulator) -> N
         scraper.close()
     assert not made, made.most_common(10)
 
+
+def test_sending_ahead_never_waits_for_a_login_in_progress(ports_sim: Simulator) -> None:
+    """Calls are sent ahead by whichever thread hands out slots, the poller among them, and
+    the poller reads every plain answer: it must never wait. A login holds the portal's login
+    lock for a whole HTTP call; a call to send meanwhile is left to a worker (start() gives
+    None) instead of waiting for the lock, and is sent ahead again once the login is over."""
+    sp = ports_sim.add_portal("p0", username="admin@example.com", password="pw-secret-1")
+    portal = portal_config(ports_sim, sp, auth="password")
+    client = DocSpaceClient(portal)
+    try:
+        client.login(time.monotonic() + 5)
+        assert client.warm(5.0) >= 1
+        outcome: list[object] = []
+        with client._login_lock:  # another thread's login, in progress
+            sender = threading.Thread(
+                target=lambda: outcome.append(client.start("schedule", time.monotonic() + 5)))
+            sender.start()
+            sender.join(10)
+            assert not sender.is_alive(), "start() waited for the login lock"
+        assert outcome == [None]
+        pending = client.start("schedule", time.monotonic() + 5)
+        assert pending is not None  # the login is over: sent ahead again
+        assert client.receive(pending)[1] == 200
+    finally:
+        client.close()
