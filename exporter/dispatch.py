@@ -159,8 +159,11 @@ class _Poller:
                     self._sel.unregister(key.fd)
                     del waiting[key.fd]
                     if self._ready(call, False):  # not all of its answer is there yet
-                        self._sel.register(key.fd, selectors.EVENT_READ, call)
-                        waiting[key.fd] = call
+                        try:
+                            self._sel.register(key.fd, selectors.EVENT_READ, call)
+                            waiting[key.fd] = call
+                        except (OSError, ValueError, KeyError):
+                            self._ready(call, True)  # a worker's read tells what happened
                     continue
                 try:
                     while self._wake_r.recv(4096):
