@@ -10,6 +10,7 @@ answer chunked, on kept-alive connections.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import ssl
@@ -93,18 +94,33 @@ def keep_alive(answer: Answer, served: list[int]) -> Callable[..., None]:
     return respond
 
 
-def in_pieces(*pieces: bytes, gap: float = 0.1) -> Answer:
+def in_pieces(*pieces: bytes, gap: float = 0.1, gate: threading.Event | None = None) -> Answer:
+    """Send the pieces `gap` apart; with a `gate`, the last one only once the test set it (so
+    a slow machine cannot merge it with the others), then the gate is closed again."""
     def answer(sock: socket.socket, stopping: threading.Event) -> None:
         for i, piece in enumerate(pieces):
-            if i and stopping.wait(gap):
+            if gate is not None and i == len(pieces) - 1:
+                gate.wait(5)
+                gate.clear()
+            elif i and stopping.wait(gap):
                 return
             sock.sendall(piece)
     return answer
 
 
-def client_for(srv: RawServer, ca: Path) -> DocSpaceClient:
-    return DocSpaceClient(PortalConfig(name="p", url=srv.url("https"),
-                                       auth=ApiKeyAuth(Secret("sk-test")), ca_file=str(ca)))
+@contextlib.contextmanager
+def kept_alive(answer: Answer, certs: tuple[ssl.SSLContext, Path], served: list[int]
+               ) -> Iterator[DocSpaceClient]:
+    """A TLS portal on loopback answering every request with `answer`, and a client of it."""
+    ctx, ca = certs
+    with RawServer(keep_alive(answer, served), context=ctx) as srv:
+        client = DocSpaceClient(PortalConfig(name="p", url=srv.url("https"),
+                                             auth=ApiKeyAuth(Secret("sk-test")),
+                                             ca_file=str(ca)))
+        try:
+            yield client
+        finally:
+            client.close()
 
 
 def started(client: DocSpaceClient) -> Pending:
@@ -116,105 +132,79 @@ def started(client: DocSpaceClient) -> Pending:
     return pending
 
 
-def drain_until_done(client: DocSpaceClient, pending: Pending, buf: bytearray) -> list[int]:
+def drain_until_done(client: DocSpaceClient, pending: Pending, buf: bytearray,
+                     each: Callable[[], object] = lambda: None) -> list[int]:
     """What the poller does: wait until the socket is readable, drain, until not MORE. (A TLS
-    record without data, such as a TLS 1.3 session ticket, wakes it too: MORE.)"""
+    record without data, such as a TLS 1.3 session ticket, wakes it too: MORE.) `each` runs
+    after every drain."""
     states: list[int] = []
     while not states or states[-1] == MORE:
         select.select([pending.fileno()], [], [], 5.0)
         states.append(client.drain(pending, buf))
+        each()
         assert len(states) < 100
     return states
 
 
 def test_an_answer_in_pieces_waits_then_is_read_whole_and_the_connection_kept(
         certs: tuple[ssl.SSLContext, Path]) -> None:
-    ctx, ca = certs
     served: list[int] = []
     gate = threading.Event()  # the last 3 bytes wait until drain() has seen the rest
+    answer = in_pieces(PLAIN[:15], PLAIN[15:60], PLAIN[60:-3], PLAIN[-3:], gap=0.05, gate=gate)
+    with kept_alive(answer, certs, served) as client:
+        for _ in range(2):
+            pending = started(client)
+            buf = bytearray()
 
-    def answer(sock: socket.socket, stopping: threading.Event) -> None:
-        in_pieces(PLAIN[:15], PLAIN[15:60], PLAIN[60:-3], gap=0.05)(sock, stopping)
-        gate.wait(5)
-        gate.clear()
-        sock.sendall(PLAIN[-3:])
+            def open_gate() -> None:
+                if len(buf) == len(PLAIN) - 3:  # noqa: B023 - called within this round
+                    gate.set()
 
-    with RawServer(keep_alive(answer, served), context=ctx) as srv:
-        client = client_for(srv, ca)
-        try:
-            for _ in range(2):
-                pending = started(client)
-                buf = bytearray()
-                states: list[int] = []
-                while not states or states[-1] == MORE:
-                    select.select([pending.fileno()], [], [], 5.0)
-                    states.append(client.drain(pending, buf))
-                    if len(buf) == len(PLAIN) - 3:
-                        gate.set()
-                    assert len(states) < 100
-                # all but 3 bytes there: drain said MORE (and did not block), then COMPLETE
-                assert states[-1] == COMPLETE and MORE in states, states
-                assert bytes(buf) == PLAIN
-                assert client.receive(pending, bytes(buf)) == (BODY, 200, None)
-        finally:
-            client.close()
+            states = drain_until_done(client, pending, buf, open_gate)
+            # all but 3 bytes there: drain said MORE (and did not block), then COMPLETE
+            assert states[-1] == COMPLETE and MORE in states, states
+            assert bytes(buf) == PLAIN
+            assert client.receive(pending, bytes(buf)) == (BODY, 200, None)
     # both calls went out on one connection: the drained answer left it reusable
     assert len(served) == 2 and served[0] == served[1], served
 
 
 def test_an_answer_cut_short_goes_elsewhere_and_fails_as_connection(
         certs: tuple[ssl.SSLContext, Path]) -> None:
-    ctx, ca = certs
-
     def cut(sock: socket.socket, stopping: threading.Event) -> None:
         sock.sendall(PLAIN[:-10])  # the body 10 bytes short
         stopping.wait(0.1)
         sock.close()
 
-    with RawServer(keep_alive(cut, []), context=ctx) as srv:
-        client = client_for(srv, ca)
-        try:
-            pending = started(client)
-            buf = bytearray()
-            states = drain_until_done(client, pending, buf)
-            assert states[-1] == ELSEWHERE and bytes(buf) == PLAIN[:-10], states
-            with pytest.raises(FetchError) as err:
-                client.receive(pending, bytes(buf))
-        finally:
-            client.close()
+    with kept_alive(cut, certs, []) as client:
+        pending = started(client)
+        buf = bytearray()
+        states = drain_until_done(client, pending, buf)
+        assert states[-1] == ELSEWHERE and bytes(buf) == PLAIN[:-10], states
+        with pytest.raises(FetchError) as err:
+            client.receive(pending, bytes(buf))
     assert err.value.reason == "connection"
 
 
 def test_a_chunked_answer_goes_elsewhere_which_reads_the_drained_bytes_then_the_socket(
         certs: tuple[ssl.SSLContext, Path]) -> None:
-    ctx, ca = certs
     chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                + b"%x\r\n" % 10 + BODY[:10] + b"\r\n"
                + b"%x\r\n" % (len(BODY) - 10) + BODY[10:] + b"\r\n0\r\n\r\n")
     served: list[int] = []
     gate = threading.Event()  # the rest waits until drain() has given up on it
-
-    def answer(sock: socket.socket, stopping: threading.Event) -> None:
-        sock.sendall(chunked[:70])
-        gate.wait(5)
-        gate.clear()
-        sock.sendall(chunked[70:])
-
-    with RawServer(keep_alive(answer, served), context=ctx) as srv:
-        client = client_for(srv, ca)
-        try:
-            for _ in range(2):
-                pending = started(client)
-                buf = bytearray()
-                states = drain_until_done(client, pending, buf)
-                gate.set()
-                # (a MORE first when TLS 1.3 session tickets woke the select: no data)
-                assert states[-1] == ELSEWHERE and set(states[:-1]) <= {MORE}, states
-                assert bytes(buf) == chunked[:70]
-                # a worker's read: the drained bytes first, then it waits for the rest
-                assert client.receive(pending, bytes(buf)) == (BODY, 200, None)
-        finally:
-            client.close()
+    answer = in_pieces(chunked[:70], chunked[70:], gate=gate)
+    with kept_alive(answer, certs, served) as client:
+        for _ in range(2):
+            pending = started(client)
+            buf = bytearray()
+            states = drain_until_done(client, pending, buf)
+            gate.set()
+            # (a MORE first when TLS 1.3 session tickets woke the select: no data)
+            assert states[-1] == ELSEWHERE and set(states[:-1]) <= {MORE}, states
+            assert bytes(buf) == chunked[:70]
+            # a worker's read: the drained bytes first, then it waits for the rest
+            assert client.receive(pending, bytes(buf)) == (BODY, 200, None)
     assert len(served) == 2 and served[0] == served[1], served
 
 
